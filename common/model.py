@@ -1,0 +1,55 @@
+"""DrumClassifierCNN: the seed's architecture, module names kept so its fine-tuning recipe works."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .classes import NUM_CLASSES
+
+
+def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class DrumClassifierCNN(nn.Module):
+    """Four conv blocks 1->32->64->128->256, global average pool, dropout 0.3, linear to 12 logits."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.conv1 = _block(1, 32, pool=True)
+        self.conv2 = _block(32, 64, pool=True)
+        self.conv3 = _block(64, 128, pool=True)
+        self.conv4 = _block(128, 256, pool=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cuda' if available when not given; a clear error if cuda is asked for and missing."""
+    from .errors import BeatSightError
+
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BeatSightError("--device cuda: no CUDA device is available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise BeatSightError(f"--device {device!r}: not a torch device (try cpu or cuda)") from None
