@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
-from .checkpoint import load_model
 from .classes import CLASSES
 from .cliutil import run_app
-from .model import DrumClassifierCNN, count_parameters
 
 app = typer.Typer(help="BeatSight offline tools: inspect models, turn songs into .bsm drum maps.",
                   no_args_is_help=True, add_completion=False)
@@ -24,6 +23,9 @@ def _root() -> None:
 def model_info(model: Path | None = typer.Argument(None, help="Checkpoint to inspect; "
                "omitted: describe the architecture.")) -> None:
     """Print the architecture's parameter count, or a checkpoint's classes, version and metrics."""
+    from .checkpoint import load_model  # torch: imported only by commands that need it
+    from .model import DrumClassifierCNN, count_parameters
+
     if model is None:
         net = DrumClassifierCNN()
         typer.echo(f"DrumClassifierCNN: {count_parameters(net):,} parameters, "
@@ -35,6 +37,122 @@ def model_info(model: Path | None = typer.Argument(None, help="Checkpoint to ins
     typer.echo(f"classes: {', '.join(ckpt.classes)}")
     for k, v in ckpt.metrics.items():
         typer.echo(f"{k}: {v}")
+
+
+QUANTIZATIONS = ["quarter", "eighth", "triplet", "sixteenth", "thirtysecond", "none"]
+
+
+def process(
+    input: Path = typer.Option(..., "--input", "-i", help="Song to transcribe (wav, flac, ogg, "
+                               "mp3, ...).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Beatmap to write (.bsm).",
+                                show_default=False),
+    confidence: float = typer.Option(0.7, min=0.0, max=1.0, help="CNN predictions below this "
+                                     "probability take the heuristic's label (hits are kept)."),
+    sensitivity: float = typer.Option(60.0, min=0.0, max=100.0, help="Onset sensitivity 0-100: "
+                                      "higher finds softer hits (and more false ones)."),
+    quantization: str = typer.Option("sixteenth", help="Grid to snap hits to: "
+                                     + ", ".join(QUANTIZATIONS) + "."),
+    ml_model: Path | None = typer.Option(None, "--ml-model", help="Model checkpoint (.pth); "
+                                         "default: env BEATSIGHT_ML_MODEL_PATH, then "
+                                         "models/best_drum_classifier.pth.", show_default=False),
+    ml: bool | None = typer.Option(None, "--ml/--no-ml", help="Force the CNN / the heuristic "
+                                   "(overrides env BEATSIGHT_USE_ML_CLASSIFIER).",
+                                   show_default=False),
+    max_snap_ms: float = typer.Option(30.0, min=0.0, help="Hits further than this from the "
+                                      "grid keep their time."),
+    secondary: float = typer.Option(0.25, min=0.0, max=1.0, help="Also emit another drum "
+                                    "family's class when the CNN gives it this probability."),
+    band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
+                                     "or hi-hat heard under another hit (band energies)."),
+    device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
+                                      "available, else cpu).", show_default=False),
+    precision: str = typer.Option("auto", help="CNN arithmetic: auto (int8 on x86 CPUs), fp32, "
+                                  "bf16 or int8."),
+) -> None:
+    """Transcribe a song's drums into a .bsm beatmap (onsets, CNN or heuristic, tempo grid)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .cliutil import err_console
+    from .errors import BeatSightError
+    from .process import ProcessOptions, process_file, resolve_model_path
+
+    if quantization not in QUANTIZATIONS:
+        raise BeatSightError(f"--quantization {quantization!r}: choose one of "
+                             f"{', '.join(QUANTIZATIONS)}")
+    opts = ProcessOptions(confidence=confidence, sensitivity=sensitivity,
+                          quantization=quantization, max_snap_ms=max_snap_ms,
+                          secondary=secondary, band_checks=band_checks, device=device,
+                          precision=precision)
+    model_path = resolve_model_path(ml_model, ml)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(stage: str, frac: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=1.0)
+            bar.update(tasks[stage], completed=frac)
+
+        result = process_file(input, output, opts, model_path, progress)
+    took = time.perf_counter() - t0
+    counts = ", ".join(f"{c} {n}" for c, n in sorted(result.counts().items()))
+    speed = f", {result.duration_s / took:.0f}x real time" if took > 0 else ""
+    typer.echo(f"wrote {output}: {len(result.hits)} hits from {result.n_onsets} onsets "
+               f"({counts or 'none'}); {result.bpm:.1f} BPM; {result.classifier}, "
+               f"mean confidence {result.mean_confidence:.2f}"
+               f"{f', {result.n_fallback} below --confidence' if result.n_fallback else ''}; "
+               f"{result.duration_s:.1f} s of audio in {took:.1f} s{speed}")
+
+
+def evaluate_map(
+    reference: Path = typer.Argument(..., help="Ground-truth .bsm (or .bs).", show_default=False),
+    estimate: Path = typer.Argument(..., help="The .bsm to score.", show_default=False),
+    window: float = typer.Option(0.05, min=0.001, max=1.0, help="Match window in seconds (+-)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Per-class onset F-measure of ESTIMATE against REFERENCE (12-, 5- and 3-class views)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bsm import read_bsm
+    from .mapeval import evaluate
+
+    ev = evaluate(read_bsm(reference), read_bsm(estimate), window)
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    console = Console()
+    o = ev.onsets
+    console.print(f"onsets, any class (+-{window * 1000:.0f} ms): F {o.f:.3f}  P {o.precision:.3f}"
+                  f"  R {o.recall:.3f}  ref {o.n_ref}  est {o.n_est}")
+    for view, scores in ev.views.items():
+        table = Table(title=f"{view}: mean F {ev.mean_f(view):.3f}", title_justify="left")
+        for col in ("class", "F", "precision", "recall", "ref", "est"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for name, sc in scores.items():
+            table.add_row(name, f"{sc.f:.3f}", f"{sc.precision:.3f}", f"{sc.recall:.3f}",
+                          str(sc.n_ref), str(sc.n_est))
+        console.print(table)
+    if ev.skipped:
+        console.print("skipped components: "
+                      + ", ".join(f"{k} x{v}" for k, v in sorted(ev.skipped.items())))
+
+
+app.command("process")(process)
+app.command("evaluate-map")(evaluate_map)
+
+# `python -m beatsight.common.process --input ... --output ...`: the original's form, no subcommand
+process_app = typer.Typer(add_completion=False, help="Transcribe a song's drums into a .bsm.")
+process_app.command()(process)
+
+
+def process_main() -> None:
+    run_app(process_app)
 
 
 def main() -> None:

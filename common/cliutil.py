@@ -15,12 +15,15 @@ err_console = Console(stderr=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Our own messages at INFO; libraries (Flower, Ray, alembic) only from WARNING on."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("beatsight").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
 
 
 def run_app(app: typer.Typer) -> None:

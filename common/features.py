@@ -13,6 +13,7 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import scipy.fft
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import SAMPLE_RATE
@@ -88,7 +89,7 @@ def _hann(n_fft: int) -> np.ndarray:
 
 
 def windows_to_patches(
-    windows: np.ndarray, settings: FeatureSettings = DEFAULT_SETTINGS, chunk: int = 64
+    windows: np.ndarray, settings: FeatureSettings = DEFAULT_SETTINGS, chunk: int = 8
 ) -> np.ndarray:
     """Log-mel (dB re. each patch's max, scaled to [0, 1]) of each window: (N, 1, mels, frames).
 
@@ -105,7 +106,11 @@ def windows_to_patches(
         frames = sliding_window_view(x, settings.n_fft, axis=1)[:, :: settings.hop]
         spec = scipy.fft.rfft(frames[:, : settings.frames] * hann, axis=-1, workers=-1)
         power = np.square(spec.real[..., :n_bins]) + np.square(spec.imag[..., :n_bins])
-        m = np.matmul(mel, power.transpose(0, 2, 1))  # (B, mels, frames)
+        # torch for the GEMM: numpy's OpenBLAS pool deadlocked when called from Flower's server
+        # thread inside a Ray simulation (seen here, twice); torch's pool has no such problem.
+        flat = torch.from_numpy(np.ascontiguousarray(power).reshape(-1, n_bins))
+        m = (flat @ torch.from_numpy(mel).T).numpy()
+        m = m.reshape(len(power), settings.frames, -1).transpose(0, 2, 1)  # (B, mels, frames)
         peak = m.max(axis=(1, 2), keepdims=True)
         db = 10 * np.log10(np.maximum(m, AMIN)) - 10 * np.log10(np.maximum(peak, AMIN))
         scaled = (np.maximum(db, -settings.top_db) + settings.top_db) / settings.top_db

@@ -1,0 +1,104 @@
+"""Model quality on labelled patches: loss, accuracy, macro-F1, per-class report, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from torch import nn
+
+from beatsight.common.atomic import atomic_write
+from beatsight.common.classes import CLASSES, NUM_CLASSES
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    conv = getattr(model, "conv1", None)
+    weight = conv[0].weight if isinstance(conv, nn.Sequential) else None
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def to_input(x: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A float32 NCHW batch on `device`, channels_last when the model is."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, classes) in eval mode; the model's previous train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cl = _uses_channels_last(model)
+    out = [model(to_input(X[i:i + batch_size], device, cl)).float().cpu().numpy()
+           for i in range(0, len(X), batch_size)]
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict:
+    """loss (plain cross-entropy), accuracy, macro_f1, per_class report, confusion (12x12 list).
+
+    macro_f1 averages over the classes present in `y` or predicted (scikit-learn's default).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return {"n": 0, "loss": float("nan"), "accuracy": float("nan"),
+                "macro_f1": float("nan"), "per_class": {}, "confusion": []}
+    logits = predict_logits(model, X, batch_size)
+    loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)))
+    pred = logits.argmax(axis=1)
+    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    per_class = classification_report(
+        y, pred, labels=present, target_names=[CLASSES[i] for i in present],
+        output_dict=True, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "loss": loss,
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "per_class": {k: v for k, v in per_class.items() if k in CLASSES},
+        "confusion": confusion_matrix(y, pred, labels=list(range(NUM_CLASSES))).tolist(),
+        "predictions": pred.tolist(),
+    }
+
+
+def report_text(y: np.ndarray, pred: np.ndarray) -> str:
+    """scikit-learn's text classification report over the classes that occur."""
+    present = sorted(set(np.asarray(y).tolist()) | set(np.asarray(pred).tolist()))
+    return classification_report(y, pred, labels=present,
+                                  target_names=[CLASSES[i] for i in present], zero_division=0)
+
+
+def plot_confusion(confusion: list[list[int]] | np.ndarray, path: str | Path,
+                   title: str = "Drum classifier confusion matrix") -> Path:
+    """Write a confusion-matrix PNG (rows: true class, columns: predicted), atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=np.int64)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    top = cm.max() if cm.size else 0
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if v > top / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    return path

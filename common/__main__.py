@@ -1,0 +1,5 @@
+"""`python -m beatsight.common`: the `beatsight` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""The maintainers' ServerApp: FedAvg/FedProx rounds, held-out evaluation, checkpoints, history."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+from rich.table import Table
+
+from beatsight.common.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
+from beatsight.common.model import DrumClassifierCNN
+
+from .deadline import NotEnoughContributors
+from .heldout import HeldOut
+from .history import History
+from .settings import RunSettings
+from .strategy import make_strategy
+
+log = logging.getLogger(__name__)
+console = Console()
+
+LATEST = "checkpoints/latest.pth"
+FINAL = "global_model.pth"
+
+
+@dataclass
+class RunPaths:
+    out: Path
+    latest: Path = field(init=False)
+    final: Path = field(init=False)
+    history: Path = field(init=False)
+    plot: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.latest = self.out / LATEST
+        self.final = self.out / FINAL
+        self.history = self.out / "history.json"
+        self.plot = self.out / "heldout_accuracy.png"
+
+
+def _state_dict(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return dict(arrays.to_torch_state_dict())
+
+
+def _checkpoint(state: dict, round_: int, metrics: dict, settings: RunSettings) -> Checkpoint:
+    return Checkpoint(state_dict=state, model_version=f"federated-r{round_}",
+                      metrics=metrics, extra={"round": round_, "settings": settings.to_run_config()})
+
+
+def _train_config(settings: RunSettings) -> ConfigRecord:
+    return ConfigRecord({
+        "local-epochs": settings.local_epochs,
+        "lr": settings.lr,
+        "batch-size": settings.batch_size,
+        "proximal-mu": settings.proximal_mu if settings.strategy == "fedprox" else 0.0,
+        "augment": settings.augment,
+        "seed": settings.seed,
+        "threads": settings.threads,
+    })
+
+
+def run_federation(grid: Grid, settings: RunSettings) -> dict:
+    """Run (or resume) a federation; returns the last round's held-out metrics."""
+    random.seed(settings.seed)  # Flower samples nodes with `random`
+    torch.manual_seed(settings.seed)
+    paths = RunPaths(Path(settings.out_dir))
+    paths.out.mkdir(parents=True, exist_ok=True)
+    history = History(paths.history)
+
+    start_round, model = 0, DrumClassifierCNN()
+    if settings.resume and paths.latest.exists():
+        ckpt = read_checkpoint(paths.latest)
+        model = build_model(ckpt, source=paths.latest)
+        start_round = int(ckpt.extra.get("round", 0))
+        log.info("resuming from %s after round %d", paths.latest, start_round)
+    history.truncate(start_round if start_round else -1)
+    remaining = settings.num_rounds - start_round
+    heldout = HeldOut.from_store(settings.heldout) if settings.heldout else None
+    if remaining <= 0:
+        log.info("run already finished %d rounds", start_round)
+        return history.rounds[-1].get("heldout", {}) if history.rounds else {}
+
+    strategy = make_strategy(settings)
+    t0 = time.time()
+    last: dict = {}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal last
+        rnd = start_round + server_round
+        state = _state_dict(arrays)
+        metrics = heldout.evaluate(state) if heldout else {}
+        entry = {"round": rnd, "heldout": metrics, "seconds": round(time.time() - t0, 1)}
+        if server_round > 0:
+            parts = list(strategy.last_round)
+            entry["participants"] = parts
+            save_checkpoint(paths.latest, _checkpoint(state, rnd, metrics, settings))
+        if server_round > 0 or start_round == 0:
+            history.record(entry)
+            _print_round(entry)
+        last = metrics
+        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=remaining,
+            timeout=settings.round_timeout,
+            train_config=_train_config(settings),
+            evaluate_fn=evaluate_fn,
+        )
+    except NotEnoughContributors as exc:  # deadline.py: end cleanly, resumable
+        log.warning("run stopped: %s", exc)
+        console.print(f"run stopped early: {exc}\nthe last finished round is in {paths.latest}; "
+                      "continue with `beatsight-server run --resume` (run config resume=true)")
+        return last
+    final_state = _state_dict(result.arrays) if result.arrays is not None else model.state_dict()
+    save_checkpoint(paths.final, _checkpoint(final_state, settings.num_rounds, last, settings))
+    history.plot(paths.plot)
+    console.print(f"global model: {paths.final}\nhistory: {paths.history}\nplot: {paths.plot}")
+    return last
+
+
+def _print_round(entry: dict) -> None:
+    parts = [p for p in entry.get("participants", []) if "error" not in p]
+    failed = len(entry.get("participants", [])) - len(parts)
+    h = entry["heldout"]
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("round", "contributors", "samples", "train loss", "held-out acc", "macro-F1", "time"):
+        table.add_column(col, justify="right")
+    samples = sum(int(p.get("num-examples", 0)) for p in parts)
+    losses = [p["train-loss"] for p in parts if "train-loss" in p]
+    table.add_row(
+        str(entry["round"]),
+        f"{len(parts)}" + (f" ({failed} failed)" if failed else ""),
+        str(samples) if parts else "-",
+        f"{sum(losses) / len(losses):.3f}" if losses else "-",
+        f"{h['accuracy']:.3f}" if "accuracy" in h else "-",
+        f"{h['macro_f1']:.3f}" if "macro_f1" in h else "-",
+        f"{entry['seconds']:.0f}s",
+    )
+    console.print(table)
+    log.info("round %s participants: %s", entry["round"],
+             ", ".join(f"node {p['node']}: {int(p.get('num-examples', 0))} samples" for p in parts)
+             or "none (initial model)")
+
+
+def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+    """With `settings`, a ServerApp for in-process simulation; without, read Flower's run config."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, settings or RunSettings.from_run_config(dict(context.run_config)))
+
+    return server_app
+
+
+# Entry point for `flwr run` and the SuperLink (see [tool.flwr.app.components] in pyproject.toml).
+app = make_server_app()

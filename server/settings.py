@@ -1,0 +1,79 @@
+"""Run settings of a federation: one dataclass, read from Flower's run config or set in code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from beatsight.common.errors import BeatSightError
+
+
+@dataclass
+class RunSettings:
+    """Defaults are the simulated main job's; `flwr run --run-config "num-rounds=5"` overrides."""
+
+    num_rounds: int = 8
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    local_epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 32
+    strategy: str = "fedavg"  # fedavg | fedprox
+    proximal_mu: float = 0.0
+    augment: str = "time_shift,gain,noise"
+    heldout: str = ""  # a sample store of held-out kits, evaluated on the server every round
+    out_dir: str = "runs/latest"
+    seed: int = 0
+    resume: bool = False
+    round_timeout: float = 3600.0
+    threads: int = 1  # torch threads per simulated contributor
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> RunSettings:
+        """Read kebab-case keys (Flower's convention); unknown keys are an error, not ignored."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            f = known.get(key)
+            if f is None:
+                if key.startswith("sim-"):  # simulation-only keys read by the ClientApp
+                    continue
+                raise BeatSightError(f"run config: unknown key {key!r} (known: {', '.join(known)})")
+            values[f.name] = _coerce(key, value, type(getattr(cls(), f.name)))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.num_rounds < 1:
+            raise BeatSightError("num-rounds must be at least 1")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise BeatSightError("fraction-train must be in (0, 1]")
+        if self.min_nodes < 1:
+            raise BeatSightError("min-nodes must be at least 1")
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise BeatSightError(f"strategy {self.strategy!r}: choose fedavg or fedprox")
+        from beatsight.common.augment import AUGMENTATIONS
+
+        unknown = [a for a in self.augment_names if a not in AUGMENTATIONS]
+        if unknown:
+            raise BeatSightError(f"augment: unknown {', '.join(unknown)}; choose from "
+                                 f"{', '.join(sorted(AUGMENTATIONS))}")
+
+    @property
+    def augment_names(self) -> list[str]:
+        return [a.strip() for a in self.augment.split(",") if a.strip()]
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise BeatSightError(f"run config: {key}={value!r} is not a valid {kind.__name__}") from None

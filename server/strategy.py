@@ -1,0 +1,55 @@
+"""Flower strategies by name, wrapped so each round's participants and sample counts are kept."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from .deadline import NodeDeadlineMixin
+from .settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+class RoundLogMixin:
+    """Remembers who contributed to the last aggregated round (node id, samples, metrics)."""
+
+    last_round: list[dict]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.last_round = []
+        for msg in replies:
+            if msg.has_error():
+                self.last_round.append({"node": msg.metadata.src_node_id,
+                                        "error": msg.error.reason})
+                continue
+            metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
+            self.last_round.append({"node": msg.metadata.src_node_id, **metrics})
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+
+def make_strategy(settings: RunSettings, fraction_evaluate: float = 1.0) -> FedAvg:
+    common = dict(
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=fraction_evaluate,
+        min_train_nodes=settings.min_nodes,
+        min_evaluate_nodes=min(settings.min_nodes, 1) if fraction_evaluate > 0 else 0,
+        min_available_nodes=settings.min_nodes,
+    )
+    base: type[FedAvg]
+    if settings.strategy == "fedprox":
+        base = FedProx
+        common["proximal_mu"] = settings.proximal_mu
+    else:
+        base = FedAvg
+    cls = type(f"Logged{base.__name__}", (NodeDeadlineMixin, RoundLogMixin, base), {})
+    strategy = cls(**common)
+    strategy.last_round = []
+    strategy.node_wait = settings.round_timeout  # see deadline.py
+    return strategy

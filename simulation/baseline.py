@@ -1,0 +1,38 @@
+"""The centralised reference: all contributors' samples pooled, trained with the same budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from beatsight.client.dataset import FeatureSet
+from beatsight.client.store import SampleStore
+from beatsight.client.training import TrainConfig, fit, new_model
+from beatsight.common.checkpoint import Checkpoint, save_checkpoint
+from beatsight.server.heldout import HeldOut
+
+
+def pooled(stores: list[Path]) -> FeatureSet:
+    sets = [SampleStore(p).feature_set(progress=True) for p in stores]
+    return FeatureSet(np.concatenate([s.windows for s in sets]), np.concatenate([s.X for s in sets]),
+                      np.concatenate([s.y for s in sets]), [i for s in sets for i in s.ids],
+                      sets[0].settings)
+
+
+def train_baseline(stores: list[Path], heldout: Path, epochs: int, cfg: TrainConfig,
+                   out: Path | None = None) -> dict:
+    """Train one model on the pooled data for `epochs` epochs; held-out metrics of the last epoch.
+
+    The same number of passes over the data as a federation of `rounds x local epochs`, the same
+    augmentations and learning rate, and no early stopping: only where the data sits differs.
+    """
+    data = pooled(stores)
+    model = new_model(cfg.seed)
+    cfg.epochs, cfg.early_stopping_patience = epochs, 0
+    fit(model, data, cfg, progress=True)
+    metrics = HeldOut.from_store(str(heldout)).evaluate(model.state_dict())
+    if out is not None:
+        save_checkpoint(out, Checkpoint(model.state_dict(), model_version="central-baseline",
+                                        metrics=metrics))
+    return metrics

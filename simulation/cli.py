@@ -1,0 +1,235 @@
+"""`beatsight-sim`: real drum audio for the simulated federation (kits, renders, contributors).
+
+`app` is module-level so other modules can add commands to it (`run`, `baseline`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from beatsight.common.classes import CLASSES
+from beatsight.common.cliutil import run_app
+
+from .contributors import DEFAULT_CONTRIBUTORS, DEFAULT_SECONDS, DEFAULT_SONGS
+from .kits import find_kits, get_kit, kits_dir
+
+app = typer.Typer(help="Simulated BeatSight contributors on real drum audio (Hydrogen kits).",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+if not console.is_terminal:       # piped / logged: do not squeeze the class tables into 80 columns
+    console.width = max(console.width, 150)
+
+SHORT = {"kick": "kick", "snare": "snare", "hihat_closed": "hh_c", "hihat_open": "hh_o",
+         "crash": "crash", "ride": "ride", "tom_high": "tom_h", "tom_mid": "tom_m",
+         "tom_low": "tom_l", "crash2": "crash2", "ride_bell": "bell", "china": "china"}
+
+
+@app.callback()
+def _root() -> None:
+    """Simulated BeatSight contributors on real drum audio."""
+
+
+def _class_table(title: str, first: str, rows: list[tuple[str, list[str], dict]]) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column(first, no_wrap=True)
+    table.add_column("family")
+    for c in CLASSES:
+        table.add_column(SHORT[c], justify="right")
+    for name, extra, counts in rows:
+        table.add_row(name, *extra, *[str(counts.get(c, 0) or "·") for c in CLASSES])
+    return table
+
+
+@app.command("kits")
+def kits_cmd(
+    kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory "
+                                          "(default: env BEATSIGHT_KITS_DIR, else Hydrogen's)."),
+) -> None:
+    """Show each kit's instruments per class (how many map to it) and what it drops."""
+    kits = find_kits(kits_root)
+    rows = [(k.key, [k.family], dict(k.coverage())) for k in kits]
+    console.print(_class_table(f"Drum kits in {kits_root or kits_dir()}: instruments per class",
+                               "kit", rows))
+    for k in kits:
+        extra = f" (+{k.unnamed} unnamed)" if k.unnamed else ""
+        console.print(f"[bold]{k.key}[/] drops: {', '.join(k.dropped) or '-'}{extra}",
+                      highlight=False)
+
+
+@app.command("render")
+def render_cmd(
+    kit: str = typer.Argument(..., help="Kit directory name, e.g. GMRockKit (see `kits`)."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for NAME.wav + NAME.bsm."),
+    name: str = typer.Option("groove", help="File name stem."),
+    seconds: float = typer.Option(20.0, min=1.0, help="Approximate length of the groove."),
+    seed: int = typer.Option(0, help="Same seed, same files (byte for byte)."),
+    style: str | None = typer.Option(None, help="rock, funk, shuffle or halftime "
+                                     "(default: chosen by the seed)."),
+    bpm: float | None = typer.Option(None, help="Tempo (default: 70-180, chosen by the seed)."),
+    isolated: bool = typer.Option(False, "--isolated", help="Isolated hits (one per onset, "
+                                  "0.6 s apart, every class the kit has) instead of a groove."),
+    kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
+) -> None:
+    """Render one practice groove (or isolated hits) with its ground-truth .bsm."""
+    from .render import write_isolated, write_song
+
+    k = get_kit(kit, kits_root)
+    if isolated:
+        wav, bsm = write_isolated(out, name, k, seed)
+    else:
+        wav, bsm = write_song(out, name, k, seed, duration_s=seconds, style=style, bpm=bpm)
+    console.print(f"wrote {wav} and {bsm}", highlight=False)
+
+
+@app.command("contributors")
+def contributors_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Data root: contributor stores go in "
+                             "OUT/contributor-NN, their songs in OUT/songs/."),
+    contributors: int = typer.Option(DEFAULT_CONTRIBUTORS, "--contributors", "-n", min=1,
+                                     help="Number of simulated contributors."),
+    songs: int = typer.Option(DEFAULT_SONGS, "--songs", min=1,
+                              help="Practice songs per contributor."),
+    seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0,
+                                  help="Length of each song in seconds."),
+    seed: int = typer.Option(0, help="Seed of everything rendered."),
+    split: str = typer.Option("per-kit", help="per-kit (each contributor owns its kits: non-IID) "
+                              "or iid (the same hits pooled and dealt round-robin)."),
+    heldout: bool = typer.Option(True, "--heldout/--no-heldout", help="Also build the held-out "
+                                 "store (kits no contributor has) in OUT/heldout."),
+    kit: list[str] = typer.Option(None, "--kit", help="Contributor kit (repeatable; default: "
+                                  "the fixed contributor split). Held-out kits are refused."),
+    kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
+) -> None:
+    """Build the simulated contributors' sample stores (cached) and print per-class counts."""
+    from . import contributors as sim
+
+    t0 = time.perf_counter()
+    stores = sim.build_federation(out, contributors, seed, songs, seconds, split=split,
+                                  kits_root=kits_root, contributor_kits=kit or None)
+    def kits_of(store: Path) -> str:
+        kits = sim.contributor_kits(store)
+        return ", ".join(kits) if split == "per-kit" else f"{len(kits)} kits, hits pooled"
+
+    rows = [(p.name, [kits_of(p)], sim.class_counts(p)) for p in stores]
+    if heldout:
+        h = sim.build_heldout(out / "heldout", seed, kits_root=kits_root)
+        rows.append((f"{h.name} (held out)", [", ".join(sim.contributor_kits(h))],
+                     sim.class_counts(h)))
+    table = _class_table(f"Samples per class ({split} split, seed {seed})", "store", rows)
+    table.columns[1].header = "kits"
+    console.print(table)
+    console.print(f"built in {time.perf_counter() - t0:.1f} s", highlight=False)
+
+
+DEFAULT_DATA = Path("runs/data")
+DEFAULT_ROUNDS = 6
+RUN_SONGS = 2  # songs per contributor in the main job: keeps it within 10 minutes on 2 cores
+
+
+def _stores(data: Path, contributors: int, songs: int, seconds: float, seed: int, split: str
+            ) -> tuple[list[Path], Path]:
+    from . import contributors as sim
+
+    stores = sim.build_federation(data, contributors, seed, songs, seconds, split=split)
+    heldout = sim.build_heldout(data / "heldout", seed)
+    return stores, heldout
+
+
+def _metrics_table(title: str, metrics: dict) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    return table
+
+
+@app.command("run")
+def run_cmd(
+    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds", min=1, help="Federated rounds."),
+    contributors: int = typer.Option(DEFAULT_CONTRIBUTORS, "--contributors", "-n", min=1,
+                                     help="Simulated contributors (one SuperNode each)."),
+    local_epochs: int = typer.Option(1, "--local-epochs", min=1,
+                                     help="Epochs each contributor trains per round."),
+    seed: int = typer.Option(0, help="Seed of data, sampling and training."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o",
+                             help="Where global_model.pth, history.json and the plot land."),
+    data: Path = typer.Option(DEFAULT_DATA, "--data", help="Where the rendered contributor "
+                              "stores and the held-out store are built (cached)."),
+    songs: int = typer.Option(RUN_SONGS, "--songs", min=1, help="Practice songs per contributor."),
+    seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0, help="Song length (s)."),
+    split: str = typer.Option("per-kit", help="per-kit (non-IID) or iid."),
+    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
+    lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Contributors' batch size."),
+    min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="Minimum contributors per round."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of contributors per round."),
+    augment: str = typer.Option("time_shift,gain,noise", help="Comma-separated augmentations "
+                                "(empty for none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's last checkpoint."),
+) -> None:
+    """The main job: federate per-kit contributors on Flower's simulation engine.
+
+    Builds (or reuses) the contributors' stores from real Hydrogen kits, runs ROUNDS of FedAvg
+    with server-side evaluation on kits no contributor has, and writes the global model,
+    history.json and heldout_accuracy.png to OUT.
+    """
+    from beatsight.server.settings import RunSettings
+
+    from .federation import simulate
+
+    t0 = time.perf_counter()
+    stores, heldout = _stores(data, contributors, songs, seconds, seed, split)
+    console.print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(stores)} contributors, "
+                  f"held-out store {heldout}", highlight=False)
+    settings = RunSettings(num_rounds=rounds, local_epochs=local_epochs, seed=seed,
+                           out_dir=str(out), strategy=strategy, proximal_mu=mu, lr=lr,
+                           batch_size=batch_size, min_nodes=min(min_nodes, contributors),
+                           fraction_train=fraction, augment=augment, heldout=str(heldout),
+                           resume=resume)
+    final = simulate(settings, stores)
+    console.print(_metrics_table(f"Held-out kits after {rounds} rounds", final))
+    console.print(f"total {time.perf_counter() - t0:.0f} s", highlight=False)
+
+
+@app.command("baseline")
+def baseline_cmd(
+    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds", min=1, help="Rounds of the federation "
+                               "this is the reference for."),
+    local_epochs: int = typer.Option(1, "--local-epochs", min=1),
+    contributors: int = typer.Option(DEFAULT_CONTRIBUTORS, "--contributors", "-n", min=1),
+    seed: int = typer.Option(0),
+    data: Path = typer.Option(DEFAULT_DATA, "--data"),
+    songs: int = typer.Option(RUN_SONGS, "--songs", min=1),
+    seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    augment: str = typer.Option("time_shift,gain,noise"),
+    out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
+) -> None:
+    """Centralised reference: pool every contributor's samples, train rounds x local-epochs
+    epochs, report accuracy and macro-F1 on the held-out kits (the number to reach)."""
+    from beatsight.client.training import TrainConfig
+
+    from .baseline import train_baseline
+
+    stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit")
+    cfg = TrainConfig(lr=lr, batch_size=batch_size, seed=seed,
+                      augment=[a for a in augment.split(",") if a])
+    metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out)
+    console.print(_metrics_table(f"Centralised baseline, {rounds * local_epochs} epochs, "
+                                 "held-out kits", metrics))
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

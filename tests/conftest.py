@@ -1,0 +1,65 @@
+"""Shared fixtures: real drum kits and a real rendered groove.
+
+- `kits_root` (session): Path of the Hydrogen kits (env BEATSIGHT_KITS_DIR, else
+  /usr/share/hydrogen/data/drumkits). Missing kits FAIL the test when env CI=true (CI installs
+  them, so silence would hide a broken set-up) and skip it otherwise, saying how to install.
+- `small_kit` (session): `simulation.kits.Kit` of SMALL_KIT (Millo_MultiLayered3: 1 MB,
+  multi-layer, kick/snare/hi-hats/toms/ride/crash), fast to render.
+- `rendered_song` (session): `RenderedSong(wav, bsm, kit, seed)`: a ~4 s groove from
+  `small_kit` written by `simulation.render.write_song` with its ground-truth `.bsm`.
+  Treat the files as read-only; copy them to a tmp_path if a test modifies anything.
+
+Tests that use these fixtures should be marked `@pytest.mark.needs_kits`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SMALL_KIT = "Millo_MultiLayered3"
+SONG_SECONDS = 4.0
+SONG_SEED = 7
+
+
+@dataclass(frozen=True)
+class RenderedSong:
+    wav: Path
+    bsm: Path
+    kit: object  # beatsight.simulation.kits.Kit
+    seed: int
+
+
+@pytest.fixture(scope="session")
+def kits_root() -> Path:
+    from beatsight.simulation.kits import INSTALL_HINT, kits_dir
+
+    root = kits_dir()
+    if not any(root.glob("*/drumkit.xml")):
+        msg = f"Hydrogen drum kits not found at {root}; {INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_kit(kits_root: Path):
+    from beatsight.simulation.kits import parse_kit
+
+    path = kits_root / SMALL_KIT
+    if not (path / "drumkit.xml").is_file():
+        pytest.fail(f"{path}: expected kit missing (hydrogen-drumkits is incomplete)")
+    return parse_kit(path)
+
+
+@pytest.fixture(scope="session")
+def rendered_song(tmp_path_factory: pytest.TempPathFactory, small_kit) -> RenderedSong:
+    from beatsight.simulation.render import write_song
+
+    out = tmp_path_factory.mktemp("rendered_song")
+    wav, bsm = write_song(out, "groove", small_kit, SONG_SEED, duration_s=SONG_SECONDS)
+    return RenderedSong(wav, bsm, small_kit, SONG_SEED)
