@@ -16,6 +16,7 @@ Speed does not depend on the weights, so without `--model` an untrained checkpoi
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,16 +97,17 @@ def main() -> None:
 
         best = None
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = process_file(wav, tmp / "ours.bsm", opts, model_path)
-            took = time.perf_counter() - t0
+            took, cpu = time.perf_counter() - t0, time.process_time() - c0
             if best is None or took < best[0]:
-                best = (took, res)
-        took, res = best
+                best = (took, cpu, res)
+        took, cpu, res = best
         n = res.n_onsets
         stages = ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items())
         print(f"ours:     {took:6.2f} s = {res.duration_s / took:6.1f}x real time "
-              f"({n} onsets, {len(res.hits)} hits; {stages})")
+              f"({n} onsets, {len(res.hits)} hits; {stages}; CPU time {cpu:.2f} s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
         t0 = time.perf_counter()
         cli = subprocess.run([str(Path(sys.executable).parent / "beatsight"), "process", "-i",

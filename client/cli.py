@@ -177,6 +177,12 @@ def train(
     seed: int = typer.Option(0, help="Seed for initialisation, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help=f"Continue from OUTPUT/{STATE_FILE}."),
     init_from: Path | None = typer.Option(None, "--init-from", help="Start from this model."),
+    trust_key: Path | None = typer.Option(None, "--trust-key", help="Maintainers' release public "
+                                          "key: --init-from must carry their valid signature "
+                                          "(default: env BEATSIGHT_TRUST_KEY; unset: no check).",
+                                          show_default=False),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="With a trust key, still "
+                                        "start from a local model that has no signature files."),
     freeze: str = typer.Option("", help="Layers to keep fixed, e.g. conv1,conv2."),
     patience: int = typer.Option(10, help="Stop after this many epochs without a better "
                                  "validation loss (0: never)."),
@@ -208,6 +214,9 @@ def train(
                       num_threads=threads, class_weighted=class_weighted,
                       precision=precision)
     if init_from is not None:
+        from beatsight.common.signing import check_model
+
+        check_model(init_from, trust_key, allow_unsigned)
         model, _ = load_model(init_from)
     else:
         model = new_model(seed)

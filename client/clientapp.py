@@ -32,8 +32,9 @@ def store_path(context: Context, data_dirs: list[str] | None = None) -> Path:
         if data_dirs:
             return Path(data_dirs[int(node["partition-id"]) % len(data_dirs)])
         root = context.run_config.get("sim-data-root")
-        if root:
-            return Path(str(root)) / f"contributor-{int(node['partition-id']):02d}"
+        stores = sorted(Path(str(root)).resolve().glob("contributor-*")) if root else []
+        if stores:  # `flwr run .`: as many SuperNodes as the federation says, stores reused
+            return stores[int(node["partition-id"]) % len(stores)]
     raise BeatSightError("no data-path in the node config: start the SuperNode with "
                          "--node-config \"data-path='training_data'\"")
 
@@ -53,8 +54,10 @@ def _model(msg: Message) -> DrumClassifierCNN:
     return model
 
 
-def make_client_app(data_dirs: list[str] | None = None, progress: bool = False) -> ClientApp:
-    app = ClientApp()
+def make_client_app(data_dirs: list[str] | None = None, progress: bool = False,
+                    mods: list | None = None) -> ClientApp:
+    """`data_dirs`: one store per simulated partition; `mods`: Flower client mods (e.g. DP)."""
+    app = ClientApp(mods=mods or [])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -156,7 +156,7 @@ class SampleStore:
         """Snippet file of a record: its `path` (relative to the store, as the original wrote)."""
         p = rec.get("path")
         if isinstance(p, str) and p:
-            pp = Path(p)
+            pp = Path(p.replace("\\", "/"))  # a store written on Windows
             return pp if pp.is_absolute() else self.root / pp
         return self.root / str(rec.get("component")) / f"{rec.get('id')}.wav"
 
@@ -392,9 +392,10 @@ class SampleStore:
                                   CLASSES.index(rec["_class"]), offset))
         return out
 
-    def feature_set(self, progress: bool = False) -> FeatureSet:
-        """Every usable sample as a FeatureSet (windows + cached patches), ids in store order."""
-        return load_snippets(self.refs(), self.root, self.settings, progress)
+    def feature_set(self, progress: bool = False, records: list[dict] | None = None
+                    ) -> FeatureSet:
+        """Every usable sample (or `records`) as a FeatureSet: windows + cached patches."""
+        return load_snippets(self.refs(records), self.root, self.settings, progress)
 
     def load_features(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (N, 1, 128, 128), y int64) of every usable sample, via the feature cache."""
@@ -403,8 +404,9 @@ class SampleStore:
     def train_val(self, seed: int = 0, val_fraction: float = 0.2, progress: bool = False
                   ) -> tuple[FeatureSet, FeatureSet]:
         """The export split (same seed -> same split) as FeatureSets, without exporting."""
-        fs = self.feature_set(progress)
+        records = self.usable()
+        fs = self.feature_set(progress, records)
         pos = {k: i for i, k in enumerate(fs.ids)}
-        train, val = self.split(seed, val_fraction)
+        train, val = split_stratified(records, seed, val_fraction)
         return (fs.subset([pos[str(r["id"])] for r in train]),
                 fs.subset([pos[str(r["id"])] for r in val]))

@@ -60,6 +60,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise BeatSightError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        _check_fields(path, obj)
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise BeatSightError(
                 f"{path}: checkpoint format {obj.get('format_version')} is newer than this "
@@ -78,6 +79,24 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Checkpoint(state_dict=dict(obj), model_version="legacy", legacy=True)
     raise BeatSightError(f"{path}: not a BeatSight model (neither a checkpoint nor a state_dict)")
+
+
+def _check_fields(path: Path, obj: dict) -> None:
+    """Field types first: a crafted file must fail with one line, not a TypeError deep inside."""
+    version = obj.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BeatSightError(f"{path}: checkpoint format_version {type(version).__name__} is not an int")
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise BeatSightError(f"{path}: checkpoint state_dict is not a mapping of names to tensors")
+    for key, kind in (("classes", (list, tuple)), ("features", dict), ("metrics", (dict, type(None))),
+                      ("extra", (dict, type(None)))):
+        if not isinstance(obj.get(key), kind):
+            raise BeatSightError(f"{path}: checkpoint field {key!r} has the wrong type "
+                                 f"({type(obj.get(key)).__name__})")
+    if not all(isinstance(c, str) for c in obj["classes"]):
+        raise BeatSightError(f"{path}: checkpoint classes must be strings")
 
 
 def build_model(

@@ -67,8 +67,15 @@ def process(
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
                                       "available, else cpu).", show_default=False),
-    precision: str = typer.Option("auto", help="CNN arithmetic: auto (int8 on x86 CPUs), fp32, "
-                                  "bf16 or int8."),
+    precision: str = typer.Option("auto", help="CNN arithmetic: auto (bf16 where the CPU has it "
+                                  "natively, else fp32), fp32, bf16 or int8 (fastest, least "
+                                  "exact)."),
+    trust_key: Path | None = typer.Option(None, "--trust-key", help="Maintainers' release public "
+                                          "key: refuse a model without their valid signature "
+                                          "(default: env BEATSIGHT_TRUST_KEY; unset: no check).",
+                                          show_default=False),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="With a trust key, still "
+                                        "load a local model that has no signature files."),
 ) -> None:
     """Transcribe a song's drums into a .bsm beatmap (onsets, CNN or heuristic, tempo grid)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -85,6 +92,10 @@ def process(
                           secondary=secondary, band_checks=band_checks, device=device,
                           precision=precision)
     model_path = resolve_model_path(ml_model, ml)
+    if model_path is not None:
+        from .signing import check_model
+
+        check_model(model_path, trust_key, allow_unsigned)
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True,

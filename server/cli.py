@@ -227,6 +227,8 @@ def run(
                                           "round (at least --min-nodes)."),
     round_timeout: float | None = typer.Option(None, "--round-timeout", help="Deadline in seconds, "
                                                "both to wait for contributors and for their replies."),
+    aggregation: str | None = typer.Option(None, help="fedavg, trimmed-mean, median or krum "
+                                           "(robust to poisoned updates)."),
     heldout: Path | None = typer.Option(None, help="Held-out sample store the server evaluates the "
                                         "global model on each round (never sent to anyone)."),
     out_dir: Path = typer.Option(Path("runs/federated"), "--out-dir", help="Checkpoints, history.json, "
@@ -243,7 +245,7 @@ def run(
     sl.require_running(state)
     overrides = _parse_set(set_)
     named = {"num-rounds": rounds, "min-nodes": min_nodes, "fraction-train": fraction,
-             "round-timeout": round_timeout}
+             "round-timeout": round_timeout, "aggregation": aggregation}
     overrides.update({k: v for k, v in named.items() if v is not None})
     if heldout is not None:
         if not (heldout / "metadata.json").is_file():
@@ -328,6 +330,52 @@ def _print_history(out: Path) -> None:
     final = out / "global_model.pth"
     console.print(f"final model: {final}" if final.is_file() else
                   f"latest checkpoint: {out / 'checkpoints' / 'latest.pth'}")
+
+
+@app.command()
+def keys(
+    dir: Path = typer.Option(Path("release_keys"), "--dir", help="Where to write "
+                             "beatsight_release.key (private, mode 600) and beatsight_release.pub."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key pair (users who "
+                               "trust the old public key will refuse new releases)."),
+) -> None:
+    """Create the maintainers' Ed25519 release-signing key pair."""
+    from beatsight.common.signing import fingerprint, generate_keys, load_public_key
+
+    priv, pub = generate_keys(dir, overwrite=force)
+    console.print(f"private key {priv} (mode 600: keep it offline, never share it)\n"
+                  f"public key {pub} ({fingerprint(load_public_key(pub))}): publish it; users "
+                  "pass it as --trust-key or env BEATSIGHT_TRUST_KEY", highlight=False)
+
+
+@app.command()
+def release(
+    model: Path = typer.Argument(..., help="Model to release, e.g. runs/federated/global_model.pth."),
+    key: Path = typer.Option(..., "--key", help="Private release key (from `keys`)."),
+    out: Path = typer.Option(..., "--out", help="Release directory: the model, its manifest "
+                             "(.manifest.json) and signature (.sig) are written here."),
+) -> None:
+    """Sign a model for release: manifest (sha256, classes, features, round, metrics) + signature."""
+    from beatsight.common.signing import release as sign_release
+
+    if not model.is_file():
+        raise BeatSightError(f"{model}: no such model file")
+    target, manifest, sig = sign_release(model, key, out)
+    console.print(f"released {target}\nmanifest {manifest}\nsignature {sig}", highlight=False)
+
+
+@app.command()
+def verify(
+    model: Path = typer.Argument(..., help="Released model (.pth) with its .manifest.json and .sig."),
+    trust_key: Path = typer.Option(..., "--trust-key", help="The release public key."),
+) -> None:
+    """Check a release's signature and weights hash; prints the signed manifest."""
+    from beatsight.common.signing import verify_release
+
+    manifest = verify_release(model, trust_key)
+    console.print(f"{model}: valid signature by {manifest['signer']}; {manifest['model_version']}, "
+                  f"round {manifest.get('round')}, held-out {manifest.get('heldout_metrics')}",
+                  highlight=False)
 
 
 def main() -> None:

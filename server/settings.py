@@ -7,6 +7,8 @@ from typing import Any
 
 from beatsight.common.errors import BeatSightError
 
+AGGREGATIONS = ("fedavg", "trimmed-mean", "median", "krum")
+
 
 @dataclass
 class RunSettings:
@@ -20,6 +22,9 @@ class RunSettings:
     batch_size: int = 32
     strategy: str = "fedavg"  # fedavg | fedprox
     proximal_mu: float = 0.0
+    aggregation: str = "fedavg"  # fedavg | trimmed-mean | median | krum (see strategy.py)
+    update_norm_factor: float = 5.0  # reject updates > this x the round's median norm (0: off)
+    max_update_norm: float = 1000.0  # reject updates with a larger L2 norm (0: off)
     augment: str = "time_shift,gain,noise"
     heldout: str = ""  # a sample store of held-out kits, evaluated on the server every round
     out_dir: str = "runs/latest"
@@ -53,6 +58,10 @@ class RunSettings:
             raise BeatSightError("min-nodes must be at least 1")
         if self.strategy not in ("fedavg", "fedprox"):
             raise BeatSightError(f"strategy {self.strategy!r}: choose fedavg or fedprox")
+        if self.aggregation not in AGGREGATIONS:
+            raise BeatSightError(f"aggregation {self.aggregation!r}: choose {', '.join(AGGREGATIONS)}")
+        if self.update_norm_factor < 0 or self.max_update_norm < 0:
+            raise BeatSightError("update-norm-factor and max-update-norm must be >= 0 (0: off)")
         from beatsight.common.augment import AUGMENTATIONS
 
         unknown = [a for a in self.augment_names if a not in AUGMENTATIONS]

@@ -166,6 +166,8 @@ def run_cmd(
     split: str = typer.Option("per-kit", help="per-kit (non-IID) or iid."),
     strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
     mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
+    aggregation: str = typer.Option("fedavg", help="fedavg, trimmed-mean, median or krum "
+                                    "(robust to a poisoned contributor; see README)."),
     lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
     batch_size: int = typer.Option(32, "--batch-size", help="Contributors' batch size."),
     min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="Minimum contributors per round."),
@@ -190,6 +192,7 @@ def run_cmd(
                   f"held-out store {heldout}", highlight=False)
     settings = RunSettings(num_rounds=rounds, local_epochs=local_epochs, seed=seed,
                            out_dir=str(out), strategy=strategy, proximal_mu=mu, lr=lr,
+                           aggregation=aggregation,
                            batch_size=batch_size, min_nodes=min(min_nodes, contributors),
                            fraction_train=fraction, augment=augment, heldout=str(heldout),
                            resume=resume)

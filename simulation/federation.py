@@ -23,7 +23,7 @@ def backend_config(threads: int) -> dict:
     }
 
 
-def simulate(settings: RunSettings, data_dirs: list[Path]) -> dict:
+def simulate(settings: RunSettings, data_dirs: list[Path], client_mods: list | None = None) -> dict:
     """Run `settings` over one simulated SuperNode per contributor store; returns held-out metrics."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -36,7 +36,7 @@ def simulate(settings: RunSettings, data_dirs: list[Path]) -> dict:
 
     threadpool_limits(1, user_api="blas")
     server_app = make_server_app(settings)
-    client_app = make_client_app([str(p) for p in data_dirs])
+    client_app = make_client_app([str(p) for p in data_dirs], mods=client_mods)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(data_dirs),
                    backend_config=backend_config(settings.threads))
     hist = Path(settings.out_dir) / "history.json"

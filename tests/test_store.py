@@ -276,7 +276,8 @@ def test_export_is_stratified_shuffled_and_keeps_singletons_in_train(tmp_path: P
 
 
 def test_a_store_written_by_the_original_collector_loads(tmp_path: Path, beat_wav: Path) -> None:
-    """Records without our extra fields; snippets cut [t - 25 ms, t + 100 ms] clipped at 0."""
+    """Records without our extra fields; snippets cut [t - 25 ms, t + 100 ms] clipped at 0;
+    one record with a Windows path; one component outside the 12 classes."""
     audio = load_audio(beat_wav)
     root = tmp_path / "training_data"
     samples = []
@@ -287,9 +288,10 @@ def test_a_store_written_by_the_original_collector_loads(tmp_path: Path, beat_wa
         center = int(t * SR)
         start, end = max(0, center - 4410 // 4), min(len(audio), center + 4410)
         sf.write(str(root / comp / f"{sid}.wav"), audio[start:end], SR)
+        sep = "\\" if i == 1 else "/"  # one record as written on Windows
         samples.append({"id": sid, "component": comp, "source_audio": "simple_beat.wav",
                         "onset_time": t, "window_ms": 100.0, "sample_rate": SR,
-                        "source": "manual", "path": f"{comp}/{sid}.wav"})
+                        "source": "manual", "path": f"{comp}{sep}{sid}.wav"})
     (root / "metadata.json").write_text(json.dumps({"samples": samples, "version": "1.0.0"}))
     store = SampleStore(root)
     assert store.stats()["kick"] == 1 and store.stats()["ride_bow"] == 1  # shown, not trained

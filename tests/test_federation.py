@@ -1,0 +1,137 @@
+"""A real simulated federation (Flower simulation engine, Ray) on rendered Hydrogen-kit audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
+from beatsight.client.clientapp import make_client_app
+from beatsight.common.checkpoint import load_model
+from beatsight.common.model import DrumClassifierCNN
+from beatsight.server.settings import RunSettings
+from beatsight.simulation.contributors import build_federation, build_heldout
+from beatsight.simulation.federation import simulate
+
+pytestmark = pytest.mark.needs_kits
+
+LOG_ENV = "BEATSIGHT_TEST_MESSAGE_LOG"
+
+
+def record_outgoing(msg: Message, context: Context, call_next) -> Message:
+    """A Flower client mod that writes down what every reply carries (runs inside Ray actors)."""
+    reply = call_next(msg, context)
+    entry = {"type": msg.metadata.message_type, "records": {}}
+    for name, rec in reply.content.items():
+        if isinstance(rec, ArrayRecord):
+            entry["records"][name] = {"kind": "arrays",
+                                      "shapes": {k: list(a.shape) for k, a in rec.items()}}
+        elif isinstance(rec, MetricRecord):
+            entry["records"][name] = {"kind": "metrics", "values": dict(rec)}
+        else:
+            entry["records"][name] = {"kind": type(rec).__name__}
+    with open(os.environ[LOG_ENV], "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    return reply
+
+
+@pytest.fixture(scope="module")
+def small_federation(tmp_path_factory, kits_root):
+    root = tmp_path_factory.mktemp("fed")
+    stores = build_federation(root / "data", n_contributors=3, seed=1, songs_per_contributor=1,
+                              song_seconds=8.0, progress=False)
+    heldout = build_heldout(root / "data" / "heldout", seed=1, songs_per_kit=1, song_seconds=6.0,
+                            isolated_per_class=2, progress=False)
+    return root, stores, heldout
+
+
+@pytest.mark.slow
+def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federation, monkeypatch):
+    root, stores, heldout = small_federation
+    log = root / "messages.jsonl"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    out = root / "run"
+    settings = RunSettings(num_rounds=2, local_epochs=2, min_nodes=3, heldout=str(heldout),
+                           out_dir=str(out), seed=3, lr=2e-3)
+    simulate(settings, stores, client_mods=[record_outgoing])
+
+    rounds = json.loads((out / "history.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[-1]["heldout"]["accuracy"] > rounds[0]["heldout"]["accuracy"] + 0.05
+    assert all(len(r["participants"]) == 3 for r in rounds[1:])
+    model, ckpt = load_model(out / "global_model.pth")
+    assert ckpt.extra["round"] == 2 and "accuracy" in ckpt.metrics
+    assert (out / "heldout_accuracy.png").stat().st_size > 1000
+    assert (out / "checkpoints" / "latest.pth").exists()
+
+    # Privacy: every reply any contributor sent holds the model's own arrays and scalar metrics.
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len([e for e in entries if e["type"] == "train"]) == 6
+    expected = {k: list(v.shape) for k, v in DrumClassifierCNN().state_dict().items()}
+    for e in entries:
+        for rec in e["records"].values():
+            assert rec["kind"] in ("arrays", "metrics")
+            if rec["kind"] == "arrays":
+                assert rec["shapes"] == expected
+            else:
+                assert all(isinstance(v, (int, float)) for v in rec["values"].values())
+                assert set(rec["values"]) <= {"num-examples", "train-loss", "train-accuracy",
+                                              "accuracy", "loss"}
+
+
+def test_client_reply_carries_weights_and_counts_only(small_federation):
+    """The ClientApp called directly, as a SuperNode would: the reply has nothing but weights."""
+    _, stores, _ = small_federation
+    app = make_client_app([str(stores[0])])
+    model = DrumClassifierCNN()
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                          "config": ConfigRecord({"local-epochs": 1, "lr": 1e-3, "batch-size": 32,
+                                                  "augment": "", "server-round": 1})})
+    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600,
+                    message_type=MessageType.TRAIN)
+    msg = Message(content=content, metadata=meta)
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
+                  state=RecordDict(), run_config={})
+    reply = app(msg, ctx)
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    metrics = dict(reply.content["metrics"])
+    n = metrics["num-examples"]
+    assert n > 0 and set(metrics) == {"num-examples", "train-loss", "train-accuracy"}
+    new = reply.content["arrays"].to_torch_state_dict()
+    assert set(new) == set(model.state_dict())
+    assert not np.allclose(new["fc.weight"].numpy(), model.state_dict()["fc.weight"].numpy())
+
+
+def test_run_config_keys_are_checked():
+    from beatsight.common.errors import BeatSightError
+
+    s = RunSettings.from_run_config({"num-rounds": "3", "resume": "true", "sim-data-root": "x"})
+    assert s.num_rounds == 3 and s.resume is True
+    with pytest.raises(BeatSightError, match="unknown key"):
+        RunSettings.from_run_config({"num-round": 3})
+    with pytest.raises(BeatSightError, match="augment"):
+        RunSettings.from_run_config({"augment": "pitchy"})
+
+
+def test_pyproject_app_config_matches_settings():
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    app_cfg = cfg["tool"]["flwr"]["app"]["config"]
+    RunSettings.from_run_config(app_cfg)  # every key known, every value valid
+    assert cfg["tool"]["flwr"]["app"]["components"]["serverapp"].endswith("serverapp:app")
