@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from beatsight.common.atomic import atomic_write
+from beatsight.common.atomic import atomic_write, write_private
 from beatsight.common.errors import BeatSightError
 
 PRIVATE_NAME = "beatsight_node"
@@ -92,12 +91,7 @@ def generate(out_dir: Path, name: str, overwrite: bool = False) -> tuple[Path, P
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH).decode()
     line = f"{line} {name}"
-    old = os.umask(0o077)
-    try:
-        atomic_write(priv, lambda fh: fh.write(private_bytes))
-    finally:
-        os.umask(old)
-    priv.chmod(0o600)
+    write_private(priv, private_bytes)
     atomic_write(pub, lambda fh: fh.write((line + "\n").encode()))
     pub.chmod(0o644)
     return priv, pub, line

@@ -15,7 +15,6 @@ hold an exclusive lock on `.lock`, so two collectors cannot lose each other's sa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from beatsight.common.atomic import atomic_write_text
+from beatsight.common.atomic import atomic_write_text, file_sha256
 from beatsight.common.audio import load_audio
 from beatsight.common.bsm import hits, read_bsm
 from beatsight.common.classes import CLASSES, ComponentMapper, canonical_component
@@ -88,12 +87,6 @@ def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
     return buf.getvalue()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dedup_key(audio_sha256: str, time_s: float, cls: str) -> str:

@@ -1,7 +1,8 @@
-"""Atomic file replacement: a kill mid-write leaves the old file, never a torn one."""
+"""File helpers: atomic replacement (a kill mid-write leaves the old file), private files, hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,3 +39,23 @@ def _mode_for(path: Path) -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """Atomically write a secret, created 0600 (never briefly world-readable)."""
+    path = Path(path)
+    old = os.umask(0o077)
+    try:
+        atomic_write(path, lambda fh: fh.write(data))
+    finally:
+        os.umask(old)
+    path.chmod(0o600)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in blocks (audio files and models can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write, atomic_write_text, file_sha256
 from .errors import BeatSightError
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ def signature_path(model: str | Path) -> Path:
     return Path(f"{model}.sig")
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -120,7 +114,7 @@ def build_manifest(model: Path, heldout: dict | None = None) -> dict:
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "file": model.name,
-        "sha256": sha256_file(model),
+        "sha256": file_sha256(model),
         "size": model.stat().st_size,
         "model_version": ckpt.model_version,
         "classes": list(ckpt.classes),
@@ -179,7 +173,7 @@ def verify_release(model: str | Path, public_key: str | Path | Ed25519PublicKey)
     except (ValueError, InvalidSignature):
         raise BeatSightError(f"{model}: bad signature: the manifest was modified after signing "
                              "(or the .sig file is corrupt)") from None
-    if sha256_file(model) != manifest.get("sha256"):
+    if file_sha256(model) != manifest.get("sha256"):
         raise BeatSightError(f"{model}: weights do not match the signed manifest (sha256 differs): "
                              "the file was modified or replaced")
     return manifest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from beatsight.common.atomic import atomic_write
+from beatsight.common.atomic import atomic_write, write_private
 from beatsight.common.errors import BeatSightError
 
 CA_DAYS = 3650
@@ -55,14 +54,6 @@ class CertPaths:
                 raise BeatSightError(f"{p} is missing: run `beatsight-server init --dir {self.root}` first")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically write a secret, created 0600 (never briefly world-readable)."""
-    old = os.umask(0o077)
-    try:
-        atomic_write(path, lambda fh: fh.write(data))
-    finally:
-        os.umask(old)
-    path.chmod(0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -176,11 +167,11 @@ def init_certs(root: Path, hosts: Sequence[str] = (), ips: Sequence[str] = (),
         raise BeatSightError(f"{root}: ca.pem and ca.key must both exist or both be absent")
     else:
         ca_key, ca = _new_ca(ca_name)
-        _write_private(paths.ca_key, _key_pem(ca_key))
+        write_private(paths.ca_key, _key_pem(ca_key))
         _write_public(paths.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
         created = True
     key, cert = _server_cert(ca_key, ca, hosts, ips)
-    _write_private(paths.server_key, _key_pem(key))
+    write_private(paths.server_key, _key_pem(key))
     _write_public(paths.server_cert, cert.public_bytes(serialization.Encoding.PEM))
     return created
 

@@ -119,7 +119,7 @@ class SongJob:
 
 
 def _sha256(path: Path) -> str:
-    from beatsight.client.store import file_sha256
+    from beatsight.common.atomic import file_sha256
 
     return file_sha256(path)
 
