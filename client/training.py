@@ -272,9 +272,13 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
         if st.get("n_train") != len(train.y):
             raise BeatSightError(f"{state_path}: saved for {st.get('n_train')} training samples, "
                                  f"the dataset now has {len(train.y)}; start a new run")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise BeatSightError(f"{state_path}: does not fit this run (other --freeze or "
+                                 f"model?): {str(exc).splitlines()[0][:120]}") from None
         hist.extend(st["history"])
         hist.best_epoch, hist.best_val_accuracy = st["best_epoch"], st["best_val_accuracy"]
         hist.best_val_loss, hist.best_state = st["best_val_loss"], st["best_state"]
