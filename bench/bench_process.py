@@ -4,8 +4,9 @@ Runs in one process, on the same song and the same onsets:
 - ours: `process_file` (decode, onsets, batched features + batched CNN, heuristic, tempo grid,
   write), with the CNN precision chosen by `--precision` (default auto: int8 on x86);
 - the original approach: the same pipeline with the CNN stage done hit by hit, as the original
-  BeatSight processor did: slice one window, compute its patch, run the CNN on a batch of one
-  (float32, torch.no_grad);
+  BeatSight processor did: slice one window, compute its patch with librosa
+  (bench/original.py: the same numbers as ours, computed call by call), run the CNN on a batch
+  of one (float32, torch.no_grad);
 - the console command `beatsight process` in a fresh process (wall clock: Python, torch and
   librosa start-up included).
 Speed does not depend on the weights, so without `--model` an untrained checkpoint is used.
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from original import original_patch  # bench/original.py (the script's own folder)
 
 from beatsight.common.checkpoint import Checkpoint, load_model, save_checkpoint
-from beatsight.common.features import DEFAULT_SETTINGS, windows_to_patches
+from beatsight.common.features import DEFAULT_SETTINGS
 from beatsight.common.model import DrumClassifierCNN
 from beatsight.common.process import ProcessOptions, process_file
 
@@ -55,7 +57,7 @@ class PerHitPredictor:
                 a, b = max(start, 0), min(start + s.window_samples, len(audio))
                 if b > a:
                     window[a - start:b - start] = audio[a:b]
-                x = torch.from_numpy(windows_to_patches(window[None], s))
+                x = torch.from_numpy(original_patch(window, s)[None])
                 out[k] = torch.softmax(self.model(x), dim=1)[0].numpy()
         return out
 

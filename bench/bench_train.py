@@ -3,7 +3,8 @@
 Same data (an export directory collected from a groove rendered with a real Hydrogen kit),
 same model and initial weights, same epochs, same run. The original loop, as
 `train_classifier.py` did it: a Dataset that decodes each snippet WAV with librosa and
-recomputes its features in `__getitem__` every epoch (validation too), NCHW float32,
+recomputes its features with librosa (bench/original.py) in `__getitem__` every epoch
+(validation too), NCHW float32,
 DataLoader batch 32, Adam, ReduceLROnPlateau. Ours: the `train` command's path (feature
 cache + `client.training.fit`), end to end: loading (cold cache = first run, warm = every
 later run or federated round) plus every epoch with validation.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from original import original_patch  # bench/original.py (the script's own folder)
 
 from beatsight.client.cli import load_splits
 from beatsight.client.dataset import FeatureSet
@@ -38,7 +40,7 @@ from beatsight.client.store import SampleStore
 from beatsight.client.training import TrainConfig, bf16_native, fit, new_model
 from beatsight.common.augment import DEFAULT_AUGMENT
 from beatsight.common.classes import CLASSES
-from beatsight.common.features import DEFAULT_SETTINGS, patches, windows_to_patches
+from beatsight.common.features import DEFAULT_SETTINGS, extract_windows, windows_to_patches
 
 
 class OriginalDataset(torch.utils.data.Dataset):
@@ -56,8 +58,8 @@ class OriginalDataset(torch.utils.data.Dataset):
 
         it = self.items[i]
         audio, _ = librosa.load(str(self.dir / it["file"]), sr=44100)
-        x = patches(audio, [DEFAULT_SETTINGS.pre_ms / 1000])[0]
-        return torch.from_numpy(x), CLASSES.index(it["label"])
+        window = extract_windows(audio, [DEFAULT_SETTINGS.pre_ms / 1000])[0]
+        return torch.from_numpy(original_patch(window)), CLASSES.index(it["label"])
 
 
 class Original:

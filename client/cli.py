@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +155,7 @@ def _split_list(text: str) -> list[str]:
 def _checkpoint(state: dict, metrics: dict, extra: dict):
     from beatsight.common.checkpoint import Checkpoint
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Checkpoint(state_dict=state, classes=CLASSES, features=DEFAULT_SETTINGS,
                       model_version=f"local-{stamp}", metrics=metrics, extra=extra)
 

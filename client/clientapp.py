@@ -11,9 +11,11 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 
 from beatsight.common.errors import BeatSightError
 from beatsight.common.model import DrumClassifierCNN
+from beatsight.common.runpaths import resolve_run_path
 
 from .dataset import FeatureSet
 from .evaluation import evaluate
@@ -32,8 +34,12 @@ def store_path(context: Context, data_dirs: list[str] | None = None) -> Path:
         if data_dirs:
             return Path(data_dirs[int(node["partition-id"]) % len(data_dirs)])
         root = context.run_config.get("sim-data-root")
-        stores = sorted(Path(str(root)).resolve().glob("contributor-*")) if root else []
-        if stores:  # `flwr run .`: as many SuperNodes as the federation says, stores reused
+        if root:  # `flwr run .`: as many SuperNodes as the federation says, stores reused
+            root = resolve_run_path(str(root))  # the project's, not the SuperLink's cwd
+            stores = sorted(p for p in Path(root).glob("contributor-*") if p.is_dir())
+            if not stores:
+                raise BeatSightError(f"sim-data-root {root}: no contributor-* sample stores; "
+                                     f"build them with `beatsight-sim contributors --out {root}`")
             return stores[int(node["partition-id"]) % len(stores)]
     raise BeatSightError("no data-path in the node config: start the SuperNode with "
                          "--node-config \"data-path='training_data'\"")
@@ -54,12 +60,58 @@ def _model(msg: Message) -> DrumClassifierCNN:
     return model
 
 
+# The config key Flower's DifferentialPrivacyClientSideFixedClipping sends and fixedclipping_mod
+# reads (flwr.supercore.differential_privacy.KEY_CLIPPING_NORM).
+KEY_CLIPPING_NORM = "clipping_norm"
+
+
+def dp_clip_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's `fixedclipping_mod` when the server runs with differential privacy, else nothing.
+
+    The server's DP wrapper puts `clipping_norm` in the train config; without it (no DP) the reply
+    passes untouched (fixedclipping_mod itself would answer with an error). Around Flower's mod:
+    integer buffers (BatchNorm's num_batches_tracked, unused by the model) are sent back as
+    received, so they neither count in the clipped norm nor leak how many batches were trained,
+    and the reply keeps the model's dtypes (Flower's clipping would turn them into the global
+    model's, which the server's screen refuses).
+    """
+    config = msg.content.config_records
+    if len(config) != 1 or KEY_CLIPPING_NORM not in next(iter(config.values())):
+        return call_next(msg, context)
+    dtypes: dict[str, object] = {}
+
+    def train_keeping_counters(m: Message, ctx: Context) -> Message:
+        reply = call_next(m, ctx)
+        if reply.has_error() or len(reply.content.array_records) != 1:
+            return reply
+        key, rec = next(iter(reply.content.array_records.items()))
+        sent = next(iter(m.content.array_records.values())).to_torch_state_dict()
+        mine = rec.to_torch_state_dict()
+        for k, v in mine.items():
+            dtypes[k] = v.dtype
+            if not v.is_floating_point() and k in sent:
+                mine[k] = sent[k].round().to(v.dtype) if sent[k].is_floating_point() \
+                    else sent[k].to(v.dtype)
+        reply.content[key] = ArrayRecord(mine)
+        return reply
+
+    reply = fixedclipping_mod(msg, context, train_keeping_counters)
+    if reply.has_error() or not dtypes:
+        return reply
+    key, rec = next(iter(reply.content.array_records.items()))
+    state = rec.to_torch_state_dict()
+    reply.content[key] = ArrayRecord({k: v.to(dtypes.get(k, v.dtype)) for k, v in state.items()})
+    return reply
+
+
 def make_client_app(data_dirs: list[str] | None = None, progress: bool = False,
                     mods: list | None = None) -> ClientApp:
-    """`data_dirs`: one store per simulated partition; `mods`: Flower client mods (e.g. DP)."""
+    """`data_dirs`: one store per simulated partition; `mods`: Flower client mods around every
+    message (the simulation's attackers, test recorders). Training always runs inside
+    `dp_clip_mod`, which clips the update only when the server asks for it (DP runs)."""
     app = ClientApp(mods=mods or [])
 
-    @app.train()
+    @app.train(mods=[dp_clip_mod])
     def train(msg: Message, context: Context) -> Message:
         cfg = msg.content["config"]
         data = _features(str(store_path(context, data_dirs)))

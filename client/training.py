@@ -57,6 +57,10 @@ class TrainConfig:
     num_threads: int | None = None
     channels_last: bool = True
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the CPU has it
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0: off)
+    lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau, as the original) or "cosine"
+    sampling: str = "shuffle"  # "shuffle" (every sample once per epoch) or "balanced" (classes
+    #                            drawn equally often, with replacement; pair with class_weighted=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,6 +119,13 @@ def class_weights(y: np.ndarray) -> torch.Tensor:
     w = np.ones(NUM_CLASSES)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(w, dtype=torch.float32)
+
+
+def _balanced_probs(y: np.ndarray) -> np.ndarray:
+    """Per-sample draw probabilities that give every present class the same share."""
+    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+    p = 1.0 / counts[y]
+    return p / p.sum()
 
 
 def _freeze(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -255,10 +266,20 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    n, bs = len(train.y), cfg.batch_size
+    if cfg.lr_schedule not in ("plateau", "cosine") or cfg.sampling not in ("shuffle", "balanced"):
+        raise BeatSightError(f"lr schedule {cfg.lr_schedule!r} / sampling {cfg.sampling!r}: "
+                             "choose plateau or cosine / shuffle or balanced")
+    cosine = cfg.lr_schedule == "cosine"
+    if cosine:  # stepped every batch, from lr down to 0 over all epochs of this call
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, cfg.epochs * math.ceil(n / bs)))
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     weight = class_weights(train.y).to(device) if cfg.class_weighted else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    draw = _balanced_probs(train.y) if cfg.sampling == "balanced" else None
     bf16 = _use_bf16(cfg, device)
     mu = float(cfg.fedprox_mu)
     anchor = _global_tensors(model, global_params, device) if mu > 0 else None
@@ -287,7 +308,6 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
         if st.get("stopped_early"):  # it had finished: nothing left to do
             hist.stopped_early, start = True, max(start, cfg.epochs)
 
-    n, bs = len(train.y), cfg.batch_size
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=True, disable=not progress) as bar:
@@ -300,7 +320,7 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
                 m.eval()
             b_task = bar.add_task(f"epoch {epoch}", total=n, info="")
             tot_loss, correct = 0.0, 0
-            perm = rng.permutation(n)
+            perm = rng.permutation(n) if draw is None else rng.choice(n, size=n, p=draw)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch)
                 for b in range(0, n, bs):
@@ -317,6 +337,8 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if cosine:
+                        sched.step()
                     tot_loss += float(loss.detach()) * len(idx)
                     correct += int((logits.argmax(1) == yb).sum())
                     bar.update(b_task, advance=len(idx),
@@ -344,7 +366,8 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
                 hist.best_val_loss = rec.get("val_loss", float("inf"))
                 hist.best_state = _clone_state(model)
             rec["best"] = better
-            sched.step(monitor)
+            if not cosine:
+                sched.step(monitor)
             if monitor < es_best - 1e-6:
                 es_best, bad_epochs = monitor, 0
             else:

@@ -9,7 +9,7 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def new_beatmap(
     snap_divisor: int = 4,
     ai_metadata: dict | None = None,
 ) -> dict:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ordered = sorted(hit_list)
     components = sorted({h.component for h in ordered})
     return {

@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +303,7 @@ def process_file(
     del audio
     t0 = time.perf_counter()
     ai = {"modelVersion": version, "confidence": round(info["mean_confidence"], 4),
-          "processedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+          "processedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
           "manualEdits": 0}
     bm = new_beatmap(hit_list, title=input_path.stem, audio_filename=input_path.name,
                      duration_ms=int(round(duration * 1000)), bpm=info["bpm"],

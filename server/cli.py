@@ -231,6 +231,12 @@ def run(
                                            "(robust to poisoned updates)."),
     heldout: Path | None = typer.Option(None, help="Held-out sample store the server evaluates the "
                                         "global model on each round (never sent to anyone)."),
+    dp_noise: float | None = typer.Option(None, "--dp-noise", help="Differential privacy: noise "
+                                          "multiplier z (dp-noise-multiplier; 0: off)."),
+    dp_clip: float | None = typer.Option(None, "--dp-clip", help="DP clipping norm of each "
+                                         "contributor's update (dp-clipping-norm)."),
+    dp_delta: float | None = typer.Option(None, "--dp-delta", help="DP delta epsilon is reported "
+                                          "at (dp-delta)."),
     out_dir: Path = typer.Option(Path("runs/federated"), "--out-dir", help="Checkpoints, history.json, "
                                  "global_model.pth (on the server)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT_DIR/checkpoints/latest.pth."),
@@ -245,7 +251,8 @@ def run(
     sl.require_running(state)
     overrides = _parse_set(set_)
     named = {"num-rounds": rounds, "min-nodes": min_nodes, "fraction-train": fraction,
-             "round-timeout": round_timeout, "aggregation": aggregation}
+             "round-timeout": round_timeout, "aggregation": aggregation,
+             "dp-noise-multiplier": dp_noise, "dp-clipping-norm": dp_clip, "dp-delta": dp_delta}
     overrides.update({k: v for k, v in named.items() if v is not None})
     if heldout is not None:
         if not (heldout / "metadata.json").is_file():

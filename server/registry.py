@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from beatsight.client.keys import check_name, fingerprint, read_public_key
@@ -70,7 +70,7 @@ class Registry:
                 raise BeatSightError(f"a contributor named {name!r} already exists (fingerprint "
                                      f"{c.fingerprint}); pass --name to choose another")
         entry = Contributor(name=name, fingerprint=fp, public_key=line,
-                            added=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                            added=datetime.now(UTC).isoformat(timespec="seconds"))
         self.contributors.append(entry)
         self.save()
         return entry

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from beatsight.common.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
 from beatsight.common.model import DrumClassifierCNN
+from beatsight.common.runpaths import resolve_run_path
 
 from .deadline import NotEnoughContributors
 from .heldout import HeldOut
@@ -49,9 +50,19 @@ def _state_dict(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(arrays.to_torch_state_dict())
 
 
-def _checkpoint(state: dict, round_: int, metrics: dict, settings: RunSettings) -> Checkpoint:
+def _checkpoint(state: dict, round_: int, metrics: dict, settings: RunSettings,
+                privacy: dict | None = None) -> Checkpoint:
+    extra = {"round": round_, "settings": settings.to_run_config()}
+    if privacy:
+        extra["privacy"] = privacy  # server/privacy.py: epsilon, delta, noise, clip, the ledger
     return Checkpoint(state_dict=state, model_version=f"federated-r{round_}",
-                      metrics=metrics, extra={"round": round_, "settings": settings.to_run_config()})
+                      metrics=metrics, extra=extra)
+
+
+def _privacy(strategy) -> dict | None:
+    """The DP wrapper's budget so far (epsilon, delta, z, clip) with its ledger; None without DP."""
+    report = getattr(strategy, "privacy_report", None)
+    return {**report(), "ledger": strategy.ledger.state()} if report else None
 
 
 def _train_config(settings: RunSettings) -> ConfigRecord:
@@ -74,7 +85,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
     paths.out.mkdir(parents=True, exist_ok=True)
     history = History(paths.history)
 
-    start_round, model = 0, DrumClassifierCNN()
+    start_round, model, ckpt = 0, DrumClassifierCNN(), None
     if settings.resume and paths.latest.exists():
         ckpt = read_checkpoint(paths.latest)
         model = build_model(ckpt, source=paths.latest)
@@ -88,6 +99,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         return history.rounds[-1].get("heldout", {}) if history.rounds else {}
 
     strategy = make_strategy(settings)
+    if settings.dp and start_round:  # rounds released before the restart count (no noise: inf)
+        prior = ((ckpt.extra.get("privacy") or {}).get("ledger") or {}) if ckpt else {}
+        strategy.ledger.noise_multipliers = list(prior.get("noise_multipliers") or [0.0] * start_round)
     t0 = time.time()
     last: dict = {}
 
@@ -97,10 +111,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         state = _state_dict(arrays)
         metrics = heldout.evaluate(state) if heldout else {}
         entry = {"round": rnd, "heldout": metrics, "seconds": round(time.time() - t0, 1)}
+        privacy = _privacy(strategy)
+        if privacy:
+            entry["privacy"] = {k: v for k, v in privacy.items() if k != "ledger"}
         if server_round > 0:
             parts = list(strategy.last_round)
             entry["participants"] = parts
-            save_checkpoint(paths.latest, _checkpoint(state, rnd, metrics, settings))
+            save_checkpoint(paths.latest, _checkpoint(state, rnd, metrics, settings, privacy))
         if server_round > 0 or start_round == 0:
             history.record(entry)
             _print_round(entry)
@@ -122,9 +139,16 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
                       "continue with `beatsight-server run --resume` (run config resume=true)")
         return last
     final_state = _state_dict(result.arrays) if result.arrays is not None else model.state_dict()
-    save_checkpoint(paths.final, _checkpoint(final_state, settings.num_rounds, last, settings))
+    privacy = _privacy(strategy)
+    save_checkpoint(paths.final, _checkpoint(final_state, settings.num_rounds, last, settings, privacy))
     history.plot(paths.plot)
     console.print(f"global model: {paths.final}\nhistory: {paths.history}\nplot: {paths.plot}")
+    if privacy:
+        eps, note = privacy["epsilon"], privacy.get("note")
+        console.print(f"differential privacy: ({'unbounded' if eps is None else f'{eps:.3g}'}, "
+                      f"{privacy['delta']:g})-DP per contributor after {privacy['rounds']} round(s) "
+                      f"(noise multiplier {privacy['noise_multiplier']:g}, clipping norm "
+                      f"{privacy['clipping_norm']:g})" + (f"; {note}" if note else ""), highlight=False)
     return last
 
 
@@ -133,7 +157,9 @@ def _print_round(entry: dict) -> None:
     failed = len(entry.get("participants", [])) - len(parts)
     h = entry["heldout"]
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("round", "contributors", "samples", "train loss", "held-out acc", "macro-F1", "time"):
+    dp = entry.get("privacy")
+    for col in ("round", "contributors", "samples", "train loss", "held-out acc", "macro-F1", "time",
+                *(["epsilon"] if dp else [])):
         table.add_column(col, justify="right")
     samples = sum(int(p.get("num-examples", 0)) for p in parts)
     losses = [p["train-loss"] for p in parts if "train-loss" in p]
@@ -145,6 +171,7 @@ def _print_round(entry: dict) -> None:
         f"{h['accuracy']:.3f}" if "accuracy" in h else "-",
         f"{h['macro_f1']:.3f}" if "macro_f1" in h else "-",
         f"{entry['seconds']:.0f}s",
+        *([("inf" if dp["epsilon"] is None else f"{dp['epsilon']:.3g}")] if dp else []),
     )
     console.print(table)
     log.info("round %s participants: %s", entry["round"],
@@ -158,7 +185,15 @@ def make_server_app(settings: RunSettings | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, settings or RunSettings.from_run_config(dict(context.run_config)))
+        if settings is not None:
+            run_federation(grid, settings)
+            return
+        run_settings = RunSettings.from_run_config(dict(context.run_config))
+        # `flwr run .`: relative paths are the project's, not the SuperLink's working directory
+        run_settings.heldout = resolve_run_path(run_settings.heldout)
+        run_settings.out_dir = resolve_run_path(run_settings.out_dir)
+        console.print(f"out dir: {run_settings.out_dir}", highlight=False)
+        run_federation(grid, run_settings)
 
     return server_app
 

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def launch_superlink(state: ServerState, host: str, port: int) -> subprocess.Pop
     check_host(state, host)
     write_connection(state, host, port)
     with state.log.open("ab") as fh:
-        fh.write(f"\n=== beatsight-server start {datetime.now(timezone.utc).isoformat()} "
+        fh.write(f"\n=== beatsight-server start {datetime.now(UTC).isoformat()} "
                  f"on {host}:{port} ===\n".encode())
         return subprocess.Popen(superlink_command(state, host, port), stdout=fh,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -160,7 +160,7 @@ def wait_ready(state: ServerState, host: str, port: int, proc: subprocess.Popen 
 def write_pidfile(state: ServerState, superlink_pid: int, host: str, port: int) -> None:
     atomic_write_text(state.pidfile, json.dumps({
         "pid": os.getpid(), "superlink_pid": superlink_pid, "host": host, "port": port,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        "started": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
 
 
 def running(state: ServerState) -> dict | None:
@@ -271,7 +271,7 @@ def submit_run(state: ServerState, app: Path, overrides: dict[str, Any]) -> str:
     """
     runs_dir = state.root / "runs"
     runs_dir.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cfg = runs_dir / f"run-config-{stamp}.toml"
     atomic_write_text(cfg, tomli_w.dumps(overrides))
     data = flwr_json(state, "run", str(app), CONNECTION, "--run-config", str(cfg.resolve()))
@@ -282,7 +282,7 @@ def submit_run(state: ServerState, app: Path, overrides: dict[str, Any]) -> str:
 
 def record_run(state: ServerState, run_id: str, overrides: dict[str, Any], cfg: Path) -> None:
     runs = read_runs(state)
-    runs[run_id] = {"submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    runs[run_id] = {"submitted": datetime.now(UTC).isoformat(timespec="seconds"),
                     "run-config": overrides, "run-config-file": str(cfg)}
     atomic_write_text(state.runs, json.dumps(runs, indent=2) + "\n")
 

@@ -81,10 +81,12 @@ def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
 
 
 def screen_replies(replies: list[Message], reference: ArrayRecord, norm_factor: float,
-                   max_norm: float, layout: Layout | None = None) -> tuple[list[Message], list[dict]]:
+                   max_norm: float, layout: Layout | None = None,
+                   norms: dict[int, float] | None = None) -> tuple[list[Message], list[dict]]:
     """Replies with rejected ones replaced by error replies, and what was rejected (node, reason).
 
-    `layout` is the model's (default: the reference's own, fine before any aggregation)."""
+    `layout` is the model's (default: the reference's own, fine before any aggregation); `norms`,
+    if given, receives each well-formed reply's update norm by node id."""
     ref = _arrays_of(reference)
     layout = layout or layout_of(ref)
     checked: dict[int, tuple[Message, float]] = {}
@@ -95,6 +97,8 @@ def screen_replies(replies: list[Message], reference: ArrayRecord, norm_factor: 
         try:
             arrays = check_structure(msg.content, layout)
             norm = update_norm(arrays, ref, layout)
+            if norms is not None:
+                norms[msg.metadata.src_node_id] = norm
             if not math.isfinite(norm) or (max_norm > 0 and norm > max_norm):
                 raise UpdateRejected(f"update norm {norm:.3g} exceeds the cap {max_norm:.3g}")
             checked[i] = (msg, norm)
@@ -137,6 +141,7 @@ class UpdateValidationMixin:
     norm_factor: float = 5.0
     max_update_norm: float = 1000.0
     rejected: list[dict]
+    norms: dict[int, float]  # this round's update norms by node id (the round log shows them)
     reference: ArrayRecord | None = None  # the global model sent this round
     layout: Layout | None = None  # the model's keys/shapes/dtypes (make_strategy sets it)
 
@@ -148,8 +153,8 @@ class UpdateValidationMixin:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.rejected = []
+        self.rejected, self.norms = [], {}
         if self.reference is not None:
             replies, self.rejected = screen_replies(replies, self.reference, self.norm_factor,
-                                                    self.max_update_norm, self.layout)
+                                                    self.max_update_norm, self.layout, self.norms)
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]

@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from beatsight.common.augment import DEFAULT_AUGMENT, parse_augment
 from beatsight.common.classes import CLASSES
 from beatsight.common.cliutil import run_app
+from beatsight.server.settings import RunSettings
 
 from .contributors import DEFAULT_CONTRIBUTORS, DEFAULT_SECONDS, DEFAULT_SONGS
 from .kits import find_kits, get_kit, kits_dir
@@ -169,12 +171,19 @@ def run_cmd(
     aggregation: str = typer.Option("fedavg", help="fedavg, trimmed-mean, median or krum "
                                     "(robust to a poisoned contributor; see README)."),
     lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Contributors' batch size."),
+    batch_size: int = typer.Option(RunSettings.batch_size, "--batch-size", min=1,
+                                   help="Contributors' batch size (small: more steps per round)."),
     min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="Minimum contributors per round."),
     fraction: float = typer.Option(1.0, "--fraction", help="Share of contributors per round."),
-    augment: str = typer.Option("time_shift,gain,noise", help="Comma-separated augmentations "
-                                "(empty for none)."),
+    augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
+                                "'default', 'all', 'none', '-name' removes one."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's last checkpoint."),
+    dp_noise: float = typer.Option(0.0, "--dp-noise", min=0.0, help="Differential privacy: noise "
+                                   "multiplier z (0: off; see README's trust section)."),
+    dp_clip: float | None = typer.Option(None, "--dp-clip", help="DP clipping norm of each "
+                                         "contributor's update (default: the run config's)."),
+    dp_delta: float | None = typer.Option(None, "--dp-delta", help="DP delta epsilon is reported "
+                                          "at (default 1e-5)."),
 ) -> None:
     """The main job: federate per-kit contributors on Flower's simulation engine.
 
@@ -182,7 +191,6 @@ def run_cmd(
     with server-side evaluation on kits no contributor has, and writes the global model,
     history.json and heldout_accuracy.png to OUT.
     """
-    from beatsight.server.settings import RunSettings
 
     from .federation import simulate
 
@@ -194,8 +202,13 @@ def run_cmd(
                            out_dir=str(out), strategy=strategy, proximal_mu=mu, lr=lr,
                            aggregation=aggregation,
                            batch_size=batch_size, min_nodes=min(min_nodes, contributors),
-                           fraction_train=fraction, augment=augment, heldout=str(heldout),
-                           resume=resume)
+                           fraction_train=fraction, augment=",".join(parse_augment(augment)),
+                           heldout=str(heldout),
+                           resume=resume, dp_noise_multiplier=dp_noise)
+    if dp_clip is not None:
+        settings.dp_clipping_norm = dp_clip
+    if dp_delta is not None:
+        settings.dp_delta = dp_delta
     final = simulate(settings, stores)
     console.print(_metrics_table(f"Held-out kits after {rounds} rounds", final))
     console.print(f"total {time.perf_counter() - t0:.0f} s", highlight=False)
@@ -212,8 +225,9 @@ def baseline_cmd(
     songs: int = typer.Option(RUN_SONGS, "--songs", min=1),
     seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0),
     lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    augment: str = typer.Option("time_shift,gain,noise"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: the "
+                                          "`train` command's, the recipe a user trains with."),
+    augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
     """Centralised reference: pool every contributor's samples, train rounds x local-epochs
@@ -223,11 +237,75 @@ def baseline_cmd(
     from .baseline import train_baseline
 
     stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit")
-    cfg = TrainConfig(lr=lr, batch_size=batch_size, seed=seed,
-                      augment=[a for a in augment.split(",") if a])
+    cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment))
+    cfg.batch_size = batch_size or cfg.batch_size
     metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out)
     console.print(_metrics_table(f"Centralised baseline, {rounds * local_epochs} epochs, "
                                  "held-out kits", metrics))
+
+
+@app.command("crossval")
+def crossval_cmd(
+    folds: int = typer.Option(4, "--folds", "-k", help="Leave-kits-out folds; every usable kit "
+                              "is held out exactly once."),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Training epochs per fold (the last "
+                               "epoch's model is tested: no checkpoint is chosen on test kits)."),
+    augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
+                                "'default', 'all', 'none', '-name' removes one ('all,-overlap')."),
+    augment_p: float = typer.Option(0.5, "--augment-p", help="Share of windows each one touches."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", min=0.0, max=0.5),
+    lr_schedule: str = typer.Option("plateau", "--lr-schedule", help="plateau or cosine."),
+    balance: str = typer.Option("loss", help="Class balance: loss (class-weighted loss, the "
+                                "training default), sampling (classes drawn equally) or none."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, help="Seed of initial weights, shuffling, augmentation."),
+    data_seed: int = typer.Option(0, "--data-seed", help="Seed of the rendered data and folds."),
+    data: Path = typer.Option(Path("runs/crossval-data"), "--data", help="Per-kit sample stores "
+                              "(rendered once, cached)."),
+    songs: int = typer.Option(2, "--songs", min=0, help="Grooves rendered per kit."),
+    seconds: float = typer.Option(20.0, "--seconds", min=2.0, help="Length of each groove (s)."),
+    isolated: int = typer.Option(6, "--isolated", min=0, help="Isolated hits per class per kit."),
+    max_per_class: int = typer.Option(0, "--max-per-class", min=0, help="Cap on training samples "
+                                      "per class per kit (0: all)."),
+    kit: list[str] = typer.Option(None, "--kit", help="Use only these kits (repeatable)."),
+    fold: list[int] = typer.Option(None, "--fold", help="Run only this fold (1-based, repeatable)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
+) -> None:
+    """Model quality on unseen kits: leave-kits-out folds over every Hydrogen kit, accuracy and
+    macro-F1 on the 12 classes and the merged 10-class view, per-class F1, mean and spread."""
+    import json
+
+    from beatsight.client.training import TrainConfig
+    from beatsight.common.atomic import atomic_write_text
+    from beatsight.common.errors import BeatSightError
+
+    from . import crossval as cv
+
+    if balance not in ("loss", "sampling", "none"):
+        raise BeatSightError(f"--balance {balance!r}: choose loss, sampling or none")
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            augment=parse_augment(augment), augment_p=augment_p,
+                            early_stopping_patience=0, class_weighted=balance == "loss",
+                            sampling="balanced" if balance == "sampling" else "shuffle",
+                            label_smoothing=label_smoothing, lr_schedule=lr_schedule,
+                            num_threads=threads)
+    cfg = cv.CrossvalConfig(folds=folds, seed=data_seed, data=str(data), songs=songs, seconds=seconds,
+                            isolated_per_class=isolated, max_per_class=max_per_class,
+                            kits=list(kit or []), only_folds=list(fold or []))
+    console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
+                  f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "
+                  f"{label_smoothing}", highlight=False)
+    result = cv.crossval(cfg, train_cfg, kits_root, progress,
+                         on_fold=lambda rec: console.print(cv.fold_line(rec), highlight=False))
+    for table in cv.tables(result):
+        console.print(table)
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+        console.print(f"wrote {out}", highlight=False)
 
 
 def main() -> None:

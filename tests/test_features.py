@@ -68,3 +68,22 @@ def test_batch_equals_one_at_a_time():
     np.testing.assert_allclose(batch, single, atol=1e-5)
     np.testing.assert_allclose(windows_to_patches(extract_windows(audio, onsets), chunk=1), batch,
                                atol=1e-5)
+
+
+def test_librosa_per_window_matches():
+    """The benchmarks' baseline (librosa called per window, as the original tools did) computes
+    the same patches as the one feature function, so speed ratios compare like with like."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "bench" / "original.py"
+    spec = importlib.util.spec_from_file_location("bench_original", path)
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    rng = np.random.default_rng(2)
+    t = np.arange(DEFAULT_SETTINGS.window_samples) / SR
+    windows = np.stack([rng.standard_normal(len(t)) * np.exp(-t * 30),
+                        np.sin(2 * np.pi * 220 * t) * np.exp(-t * 10)]).astype(np.float32)
+    ours = windows_to_patches(windows)
+    for w, p in zip(windows, ours, strict=True):
+        np.testing.assert_allclose(original.original_patch(w), p, atol=2e-3)

@@ -154,3 +154,50 @@ def test_class_weights_are_inverse_frequency() -> None:
     assert w[0] * 6 == pytest.approx(w[1] * 2) == pytest.approx(w[2] * 4)
     assert float((w[:3] * torch.tensor([6, 2, 4])).sum()) == pytest.approx(12)
     assert torch.all(w[3:] == 1)
+
+
+def test_cosine_schedule_anneals_to_zero_and_resumes_exactly(data, tmp_path: Path) -> None:
+    train, _ = data
+    straight = new_model(0)
+    h = fit(straight, train, _cfg(epochs=2, lr_schedule="cosine"), progress=False)
+    assert h[0]["lr"] == pytest.approx(1e-3 * 0.5) and h[1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    state = tmp_path / "cos_state.pt"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(rec, model, hist):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):  # killed after epoch 1 of 2 (the state is already saved)
+        fit(new_model(0), train, _cfg(epochs=2, lr_schedule="cosine"), progress=False,
+            state_path=state, on_epoch=stop_after_first)
+    resumed = new_model(1)
+    fit(resumed, train, _cfg(epochs=2, lr_schedule="cosine"), progress=False, state_path=state,
+        resume=True)
+    assert _same(straight.state_dict(), resumed.state_dict())
+    with pytest.raises(BeatSightError, match="choose plateau or cosine"):
+        fit(new_model(0), train, _cfg(lr_schedule="step"), progress=False)
+
+
+def test_label_smoothing_and_balanced_sampling_change_training(data) -> None:
+    from beatsight.client.training import _balanced_probs
+
+    train, _ = data
+    plain = new_model(0)
+    fit(plain, train, _cfg(augment=[]), progress=False)
+    smooth = new_model(0)
+    h = fit(smooth, train, _cfg(augment=[], label_smoothing=0.2), progress=False)
+    assert np.isfinite(h[-1]["train_loss"]) and not _same(plain.state_dict(), smooth.state_dict())
+    balanced = new_model(0)
+    h = fit(balanced, train, _cfg(augment=[], sampling="balanced", class_weighted=False),
+            progress=False)
+    assert np.isfinite(h[-1]["train_loss"])
+    assert not _same(plain.state_dict(), balanced.state_dict())
+    y = np.array([0] * 6 + [1] * 2 + [5] * 4)
+    p = _balanced_probs(y)
+    assert p.sum() == pytest.approx(1.0)
+    for c in (0, 1, 5):
+        assert p[y == c].sum() == pytest.approx(1 / 3)
+    with pytest.raises(BeatSightError, match="shuffle or balanced"):
+        fit(new_model(0), train, _cfg(sampling="oversample"), progress=False)

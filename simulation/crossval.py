@@ -1,0 +1,426 @@
+"""Leave-kits-out cross-validation: how well the classifier does on drum kits it never heard.
+
+A contributor's model is used on songs recorded with other drums, so the number that matters is
+accuracy on kits no contributor trained on. `crossval` splits every usable Hydrogen kit into K
+folds (each kit is held out exactly once), trains centrally on the other kits' samples and tests
+on the held-out kits' isolated hits and groove hits, reported separately and together, on the 12
+classes and on the merged 10-class view (`common.classes.MERGED_VIEW`).
+
+Data: one sample store per kit under `DATA/<kit>` (songs in `DATA/songs/<kit>`), rendered and
+collected once with the simulated contributors' machinery (the real `extract-beatmap` path) and
+cached with the same manifests; each store's features are cached by the client's feature cache.
+A kit's store serves as training data in the folds that keep it and as test data in its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from beatsight.client.dataset import FeatureSet
+from beatsight.client.evaluation import predict_logits
+from beatsight.client.store import SampleStore
+from beatsight.client.training import TrainConfig, fit, new_model
+from beatsight.common.classes import CLASSES, MERGED_CLASSES, NUM_CLASSES, merge_labels
+from beatsight.common.errors import BeatSightError
+
+from .contributors import (
+    SongJob,
+    _collect,
+    _finish,
+    _prepare,
+    _render_all,
+    _slug,
+    _song_seed,
+    songs_dir,
+)
+from .kits import Kit, find_kits
+
+DEFAULT_DATA = Path("runs/crossval-data")
+DEFAULT_FOLDS = 4
+KIT_SONGS = 2                 # grooves per kit
+KIT_SECONDS = 20.0            # their length
+KIT_ISOLATED_PER_CLASS = 6    # isolated hits per class per kit (velocities spread over layers)
+SUBSETS = ("all", "isolated", "groove")
+# Hits of a groove closer than this share their window (kick + hi-hat on one beat): a single-label
+# classifier of windows can be right on at most one hit of each such group.
+SIMULTANEOUS_S = 0.010
+METRICS = ("accuracy", "macro_f1", "accuracy_merged", "macro_f1_merged")
+
+
+# ---------------------------------------------------------------- kits and folds
+def usable_kits(kits: list[Kit]) -> tuple[list[Kit], list[Kit]]:
+    """(kits with at least one mapped kit piece, kits with none: hand percussion)."""
+    return [k for k in kits if k.classes], [k for k in kits if not k.classes]
+
+
+def assign_folds(keys_by_family: dict[str, list[str]] | list[str], k: int,
+                 seed: int = 0) -> list[list[str]]:
+    """Deal kits into `k` folds: every kit in exactly one fold, fold sizes differ by at most one,
+    and each family (acoustic, electronic) is spread over the folds. Seeded and independent of
+    the order the kits are given in."""
+    groups = keys_by_family if isinstance(keys_by_family, dict) else {"": list(keys_by_family)}
+    total = sum(len(v) for v in groups.values())
+    if not 2 <= k <= total:
+        raise BeatSightError(f"--folds {k}: need 2 to {total} folds for {total} usable kits")
+    rng = np.random.default_rng([seed, 0xC405])
+    order = []
+    for fam in sorted(groups):
+        keys = sorted(groups[fam])
+        order += [keys[i] for i in rng.permutation(len(keys))]
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for i, key in enumerate(order):
+        folds[i % k].append(key)
+    return [sorted(f) for f in folds]
+
+
+# ---------------------------------------------------------------- data (rendered once, cached)
+def build_kit_store(data: str | Path, kit: Kit, seed: int = 0, songs: int = KIT_SONGS,
+                    seconds: float = KIT_SECONDS, isolated_per_class: int = KIT_ISOLATED_PER_CLASS,
+                    progress: bool = True) -> Path:
+    """Build (or reuse) `DATA/<kit>`: isolated hits of every class the kit has plus `songs`
+    grooves, collected through the client's collector. Seeds depend on the kit's name, not on
+    which other kits exist, so a kit's data is the same in every fold and every run."""
+    store = Path(data) / _slug(kit.key)
+    params = {"crossval": True, "kit": kit.key, "seed": seed, "songs": songs,
+              "song_seconds": seconds, "isolated_per_class": isolated_per_class}
+    if _prepare(store, params):
+        return store
+    t0 = time.perf_counter()
+    kid = zlib.crc32(kit.key.encode())
+    jobs = []
+    if isolated_per_class:
+        jobs.append(SongJob(f"isolated-{_slug(kit.key)}", kit, _song_seed(seed, 70_000, kid),
+                            isolated_per_class=isolated_per_class))
+    jobs += [SongJob(f"song-{j:02d}-{_slug(kit.key)}", kit, _song_seed(seed, 70_001, kid, j),
+                     seconds=seconds) for j in range(songs)]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{kit.key}: rendering and collecting", total=len(jobs))
+        pairs = _render_all(jobs, songs_dir(store), lambda: bar.advance(task))
+    got = _collect(store, [(b, w) for w, b in pairs])
+    _finish(store, params, [j.describe() for j in jobs], got, time.perf_counter() - t0)
+    return store
+
+
+@dataclass
+class KitData:
+    key: str
+    family: str
+    fs: FeatureSet
+    isolated: np.ndarray  # bool per sample: from the isolated-hits file (else a groove)
+    group: np.ndarray  # int per sample: hits of one file within SIMULTANEOUS_S share a group
+
+
+def onset_groups(sources: list[str], times: list[float], gap_s: float = SIMULTANEOUS_S
+                 ) -> np.ndarray:
+    """Group ids: consecutive hits of the same file less than `gap_s` apart share a group."""
+    order = sorted(range(len(times)), key=lambda i: (sources[i], times[i]))
+    group = np.zeros(len(times), np.int64)
+    g, prev = -1, None
+    for i in order:
+        if prev is None or sources[i] != sources[prev] or times[i] - times[prev] > gap_s:
+            g += 1
+        group[i], prev = g, i
+    return group
+
+
+def load_kit(store: Path, key: str, family: str, progress: bool = False) -> KitData:
+    s = SampleStore(store)
+    records = s.usable()
+    fs = s.feature_set(progress=progress, records=records)
+    sources = [str(r.get("source_audio", "")) for r in records]
+    iso = np.array([src.startswith("isolated-") for src in sources], dtype=bool)
+    times = [float(r.get("onset_time") or 0.0) for r in records]
+    return KitData(key, family, fs, iso, onset_groups(sources, times))
+
+
+def _group_counts(y: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-sample group index 0..G-1, class counts per group (G, NUM_CLASSES))."""
+    _, g = np.unique(group, return_inverse=True)
+    counts = np.zeros((g.max() + 1, NUM_CLASSES), np.int64)
+    np.add.at(counts, (g, y), 1)
+    return g, counts
+
+
+def ceiling(y: np.ndarray, group: np.ndarray) -> float:
+    """The best accuracy any classifier of single windows can reach: one answer per group of
+    simultaneous hits, so each group counts at most its most common class."""
+    if not len(y):
+        return float("nan")
+    _, counts = _group_counts(y, group)
+    return float(counts.max(axis=1).sum() / len(y))
+
+
+def accuracy_any(y: np.ndarray, pred: np.ndarray, group: np.ndarray) -> float:
+    """Share of hits whose prediction is one of the classes struck at that onset (a kick + hi-hat
+    window called "kick" counts for the hi-hat too): what a multi-label view would accept."""
+    if not len(y):
+        return float("nan")
+    g, counts = _group_counts(y, group)
+    return float((counts[g, pred] > 0).mean())
+
+
+def concat(sets: list[FeatureSet]) -> FeatureSet:
+    return FeatureSet(np.concatenate([s.windows for s in sets]), np.concatenate([s.X for s in sets]),
+                      np.concatenate([s.y for s in sets]), [i for s in sets for i in s.ids],
+                      sets[0].settings)
+
+
+def cap_per_class(y: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices keeping at most `cap` random samples of each class (0: keep all), sorted."""
+    if cap <= 0:
+        return np.arange(len(y))
+    keep = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        keep.append(rows if len(rows) <= cap else rng.choice(rows, cap, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+# ---------------------------------------------------------------- scores
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def _f1s(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class F1 from a confusion matrix, and masks: class present in y, in y or pred."""
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(1), cm.sum(0)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros(len(cm)), where=denom > 0)
+    return f1, support > 0, denom > 0
+
+
+def scores(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Accuracy, macro-F1 (over classes present in y or predicted, as `client.evaluation`),
+    per-class F1 (classes present in y) and the confusion matrix (rows: true class), on the 12
+    classes and on the merged 10-class view."""
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
+    if len(y) == 0:
+        return {"n": 0}
+    out: dict = {"n": int(len(y))}
+    for suffix, yy, pp, names in (("", y, pred, CLASSES),
+                                  ("_merged", np.array(merge_labels(y)),
+                                   np.array(merge_labels(pred)), MERGED_CLASSES)):
+        cm = _confusion(yy, pp, len(names))
+        f1, present, seen = _f1s(cm)
+        out["accuracy" + suffix] = float((yy == pp).mean())
+        out["macro_f1" + suffix] = float(f1[seen].mean())
+        out["per_class_f1" + suffix] = {names[i]: round(float(f1[i]), 4)
+                                        for i in range(len(names)) if present[i]}
+        out["confusion" + suffix] = cm.tolist()
+    return out
+
+
+def _subsets(y: np.ndarray, pred: np.ndarray, iso: np.ndarray, group: np.ndarray) -> dict:
+    out = {}
+    for name, mask in (("all", np.ones(len(y), bool)), ("isolated", iso), ("groove", ~iso)):
+        out[name] = scores(y[mask], pred[mask])
+        if mask.any():
+            shared = np.bincount(group[mask])[group[mask]] > 1
+            out[name]["ceiling"] = round(ceiling(y[mask], group[mask]), 4)
+            out[name]["accuracy_any"] = round(accuracy_any(y[mask], pred[mask], group[mask]), 4)
+            out[name]["shared_onset"] = round(float(shared.mean()), 4)
+    return out
+
+
+def summarise(values: list[float]) -> dict:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if not len(v):
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"),
+                "max": float("nan"), "folds": 0}
+    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4),
+            "min": round(float(v.min()), 4), "max": round(float(v.max()), 4),
+            "folds": int(len(v))}
+
+
+# ---------------------------------------------------------------- the protocol
+@dataclass
+class CrossvalConfig:
+    folds: int = DEFAULT_FOLDS
+    seed: int = 0                     # of the rendered data and the folds (training: TrainConfig)
+    data: str = str(DEFAULT_DATA)
+    songs: int = KIT_SONGS
+    seconds: float = KIT_SECONDS
+    isolated_per_class: int = KIT_ISOLATED_PER_CLASS
+    max_per_class: int = 0            # training samples per class per kit (0: all)
+    kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
+    only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare(cfg: CrossvalConfig, kits_root: str | Path | None = None, progress: bool = True
+            ) -> tuple[dict[str, KitData], list[list[str]], list[str]]:
+    """(data per usable kit, folds of kit keys, excluded kit keys): builds what is missing."""
+    kits = find_kits(kits_root)
+    if cfg.kits:
+        unknown = sorted(set(cfg.kits) - {k.key for k in kits})
+        if unknown:
+            raise BeatSightError(f"no drum kit named {', '.join(unknown)}")
+        kits = [k for k in kits if k.key in cfg.kits]
+    usable, excluded = usable_kits(kits)
+    by_family: dict[str, list[str]] = {}
+    for k in usable:
+        by_family.setdefault(k.family, []).append(k.key)
+    folds = assign_folds(by_family, cfg.folds, cfg.seed)
+    data = {}
+    for k in usable:
+        store = build_kit_store(cfg.data, k, cfg.seed, cfg.songs, cfg.seconds,
+                                cfg.isolated_per_class, progress)
+        data[k.key] = load_kit(store, k.key, k.family, progress)
+    return data, folds, [k.key for k in excluded]
+
+
+def run_fold(index: int, heldout: list[str], data: dict[str, KitData], train_cfg: TrainConfig,
+             max_per_class: int = 0, progress: bool = True) -> tuple[dict, dict]:
+    """Train on every kit but `heldout`, test on `heldout`. Returns (fold record, predictions
+    {y, pred, isolated, kit} for pooling)."""
+    t0 = time.perf_counter()
+    train_keys = sorted(k for k in data if k not in heldout)
+    rng = np.random.default_rng([train_cfg.seed, index, 0xCA9])
+    parts = []
+    for key in train_keys:
+        fs = data[key].fs
+        parts.append(fs.subset(cap_per_class(fs.y, max_per_class, rng)))
+    train = concat(parts)
+    model = new_model(train_cfg.seed)
+    hist = fit(model, train, train_cfg, progress=progress)
+    t_train = time.perf_counter() - t0
+    test = [data[k] for k in heldout]
+    X = np.concatenate([d.fs.X for d in test])
+    y = np.concatenate([d.fs.y for d in test])
+    iso = np.concatenate([d.isolated for d in test])
+    kit = np.concatenate([[i] * len(d.fs.y) for i, d in enumerate(test)]).astype(np.int64)
+    group = np.concatenate([d.group + i * 1_000_000 for i, d in enumerate(test)])
+    pred = predict_logits(model, X.astype(np.float32)).argmax(axis=1)
+    rec = {"fold": index, "heldout": list(heldout), "train_kits": train_keys,
+           "n_train": int(len(train.y)),
+           "train_class_counts": dict(zip(CLASSES, np.bincount(train.y, minlength=NUM_CLASSES)
+                                          .tolist(), strict=True)),
+           "final_train_loss": round(float(hist[-1]["train_loss"]), 4) if hist else None,
+           "train_loss_per_epoch": [round(float(h["train_loss"]), 4) for h in hist],
+           "train_accuracy_per_epoch": [round(float(h["train_accuracy"]), 4) for h in hist],
+           "train_seconds": round(t_train, 1),
+           "metrics": _subsets(y, pred, iso, group),
+           "per_kit": {k: scores(y[kit == i], pred[kit == i]) for i, k in enumerate(heldout)}}
+    return rec, {"y": y, "pred": pred, "isolated": iso, "group": group + index * 100_000_000}
+
+
+def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path | None = None,
+             progress: bool = True, on_fold=None) -> dict:
+    """The whole protocol; returns the JSON-ready result (see `beatsight-sim crossval`)."""
+    t0 = time.perf_counter()
+    data, folds, excluded = prepare(cfg, kits_root, progress)
+    t_data = time.perf_counter() - t0
+    wanted = cfg.only_folds or list(range(1, len(folds) + 1))
+    bad = [i for i in wanted if not 1 <= i <= len(folds)]
+    if bad:
+        raise BeatSightError(f"fold {bad[0]}: folds are 1-{len(folds)}")
+    records, pooled = [], {"y": [], "pred": [], "isolated": [], "group": []}
+    for i in wanted:
+        rec, preds = run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress)
+        records.append(rec)
+        for key in pooled:
+            pooled[key].append(preds[key])
+        if on_fold is not None:
+            on_fold(rec)
+    y, pred, iso, group = (np.concatenate(pooled[k]) for k in ("y", "pred", "isolated", "group"))
+    summary = {s: {m: summarise([r["metrics"][s].get(m, float("nan")) for r in records])
+                   for m in METRICS} for s in SUBSETS}
+    per_class = {}
+    for c in CLASSES:
+        vals = [r["metrics"]["all"]["per_class_f1"].get(c) for r in records]
+        per_class[c] = summarise([v for v in vals if v is not None])
+    return {
+        "protocol": "leave-kits-out",
+        "config": cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "kits": {"used": {k: d.family for k, d in sorted(data.items())},
+                 "excluded": excluded,
+                 "samples": {k: {"all": int(len(d.fs.y)), "isolated": int(d.isolated.sum())}
+                             for k, d in sorted(data.items())}},
+        "folds_assigned": folds,
+        "folds": records,
+        "summary": summary,
+        "per_class_f1": per_class,
+        "pooled": _subsets(y, pred, iso, group),
+        "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)},
+    }
+
+
+# ---------------------------------------------------------------- reporting
+def fold_line(rec: dict) -> str:
+    m = rec["metrics"]
+    return (f"fold {rec['fold']} (held out: {', '.join(rec['heldout'])}; {rec['n_train']} "
+            f"training samples, {rec['train_seconds']:.0f} s): accuracy "
+            f"{m['all']['accuracy']:.3f}, merged {m['all']['accuracy_merged']:.3f}, macro-F1 "
+            f"{m['all']['macro_f1']:.3f}")
+
+
+def _pm(s: dict) -> str:
+    return "-" if not s.get("folds") else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def tables(result: dict) -> list:
+    """Rich tables: per fold, mean ± std over folds (and pooled), per-class F1."""
+    from rich.table import Table
+
+    heads = ("acc 12", "F1 12", "acc 10", "F1 10")
+    t = Table(title="Leave-kits-out folds (all test hits; isolated / groove accuracy)")
+    for col in ("fold", "held-out kits", "train", "test", *heads, "iso acc", "groove acc"):
+        t.add_column(col, justify="left" if col == "held-out kits" else "right")
+    def f(m: dict, sub: str, key: str) -> str:
+        v = m[sub].get(key)
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in result["folds"]:
+        m = r["metrics"]
+        t.add_row(str(r["fold"]), ", ".join(r["heldout"]), str(r["n_train"]),
+                  str(m["all"]["n"]), *(f(m, "all", k) for k in METRICS),
+                  f(m, "isolated", "accuracy"), f(m, "groove", "accuracy"))
+    s = Table(title=f"Mean ± std over {len(result['folds'])} folds (pooled: every kit's hits "
+                    "predicted by the model that never heard it)")
+    s.add_column("test hits")
+    for h in heads:
+        s.add_column(h, justify="right")
+    s.add_column("acc 12 ceiling¹", justify="right")
+    s.add_column("acc any²", justify="right")
+    for sub in SUBSETS:
+        s.add_row(sub, *(_pm(result["summary"][sub][k]) for k in METRICS), "", "")
+    for sub in SUBSETS:
+        p = result["pooled"][sub]
+        s.add_row(f"{sub}, pooled", *("-" if k not in p else f"{p[k]:.3f}" for k in METRICS),
+                  *("-" if k not in p else f"{p[k]:.3f}" for k in ("ceiling", "accuracy_any")))
+    s.caption = ("¹ hits less than 10 ms apart share one window (kick + hi-hat on a beat): no "
+                 "single-label classifier beats this accuracy. ² the prediction is one of the "
+                 "classes struck at that onset")
+    c = Table(title="Per-class F1 (pooled over folds; mean ± std over the folds that test it)")
+    c.add_column("class")
+    c.add_column("pooled", justify="right")
+    c.add_column("pooled isolated", justify="right")
+    c.add_column("pooled groove", justify="right")
+    c.add_column("over folds", justify="right")
+    for cls in CLASSES:
+        pooled = [result["pooled"][sub].get("per_class_f1", {}).get(cls) for sub in SUBSETS]
+        if all(v is None for v in pooled):
+            continue
+        c.add_row(cls, *("-" if v is None else f"{v:.3f}" for v in pooled),
+                  _pm(result["per_class_f1"][cls]))
+    tabs = [t, s, c]
+    if result["kits"]["excluded"]:
+        x = Table(title="Kits excluded (no mapped kit pieces)")
+        x.add_column("kit")
+        for k in result["kits"]["excluded"]:
+            x.add_row(k)
+        tabs.append(x)
+    return tabs
