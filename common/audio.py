@@ -29,7 +29,7 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
             raise BeatSightError(f"{path}: cannot decode audio ({type(exc).__name__})") from None
     if data.size == 0:
         raise BeatSightError(f"{path}: audio file is empty")
-    mono = data.mean(axis=1)
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)  # no copy for mono files
     if file_sr != sr:
         import librosa
 

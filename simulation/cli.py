@@ -268,6 +268,8 @@ def crossval_cmd(
     isolated: int = typer.Option(6, "--isolated", min=0, help="Isolated hits per class per kit."),
     max_per_class: int = typer.Option(0, "--max-per-class", min=0, help="Cap on training samples "
                                       "per class per kit (0: all)."),
+    drop_shared: bool = typer.Option(False, "--drop-shared/--keep-shared", help="Train only on "
+                                     "hits not struck together with another class."),
     kit: list[str] = typer.Option(None, "--kit", help="Use only these kits (repeatable)."),
     fold: list[int] = typer.Option(None, "--fold", help="Run only this fold (1-based, repeatable)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads."),
@@ -295,6 +297,7 @@ def crossval_cmd(
                             num_threads=threads)
     cfg = cv.CrossvalConfig(folds=folds, seed=data_seed, data=str(data), songs=songs, seconds=seconds,
                             isolated_per_class=isolated, max_per_class=max_per_class,
+                            drop_shared=drop_shared,
                             kits=list(kit or []), only_folds=list(fold or []))
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "

@@ -252,6 +252,7 @@ class CrossvalConfig:
     seconds: float = KIT_SECONDS
     isolated_per_class: int = KIT_ISOLATED_PER_CLASS
     max_per_class: int = 0            # training samples per class per kit (0: all)
+    drop_shared: bool = False         # train only on hits that do not share their onset
     kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
     only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
 
@@ -282,16 +283,21 @@ def prepare(cfg: CrossvalConfig, kits_root: str | Path | None = None, progress: 
 
 
 def run_fold(index: int, heldout: list[str], data: dict[str, KitData], train_cfg: TrainConfig,
-             max_per_class: int = 0, progress: bool = True) -> tuple[dict, dict]:
+             max_per_class: int = 0, progress: bool = True, drop_shared: bool = False
+             ) -> tuple[dict, dict]:
     """Train on every kit but `heldout`, test on `heldout`. Returns (fold record, predictions
-    {y, pred, isolated, kit} for pooling)."""
+    {y, pred, isolated, group} for pooling). `drop_shared`: leave out training hits struck
+    together with another class (their windows are identical, their labels contradict)."""
     t0 = time.perf_counter()
     train_keys = sorted(k for k in data if k not in heldout)
     rng = np.random.default_rng([train_cfg.seed, index, 0xCA9])
     parts = []
     for key in train_keys:
-        fs = data[key].fs
-        parts.append(fs.subset(cap_per_class(fs.y, max_per_class, rng)))
+        d = data[key]
+        rows = np.arange(len(d.fs.y))
+        if drop_shared:
+            rows = rows[np.bincount(d.group)[d.group] == 1]
+        parts.append(d.fs.subset(rows[cap_per_class(d.fs.y[rows], max_per_class, rng)]))
     train = concat(parts)
     model = new_model(train_cfg.seed)
     hist = fit(model, train, train_cfg, progress=progress)
@@ -328,7 +334,8 @@ def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path 
         raise BeatSightError(f"fold {bad[0]}: folds are 1-{len(folds)}")
     records, pooled = [], {"y": [], "pred": [], "isolated": [], "group": []}
     for i in wanted:
-        rec, preds = run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress)
+        rec, preds = run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress,
+                              cfg.drop_shared)
         records.append(rec)
         for key in pooled:
             pooled[key].append(preds[key])

@@ -132,6 +132,9 @@ def test_a_fold_trains_only_on_the_other_kits_and_tests_on_the_held_out_ones() -
     assert rec["metrics"]["isolated"]["n"] == 3 and rec["metrics"]["groove"]["n"] == 4
     assert np.array_equal(preds["y"], data["B"].fs.y)
     assert set(rec["per_kit"]) == {"B"}
+    # fake groups pair the hits up (0,0,1,1,...): only C's last hit is struck alone
+    rec, _ = run_fold(2, ["B"], data, cfg, progress=False, drop_shared=True)
+    assert rec["n_train"] == 1
 
 
 @pytest.mark.slow
