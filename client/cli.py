@@ -157,7 +157,8 @@ def _checkpoint(state: dict, metrics: dict, extra: dict):
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Checkpoint(state_dict=state, classes=CLASSES, features=DEFAULT_SETTINGS,
-                      model_version=f"local-{stamp}", metrics=metrics, extra=extra)
+                      model_version=f"local-{stamp}", metrics=metrics, extra=extra,
+                      head=str(extra.get("config", {}).get("head", "single")))
 
 
 def _best_metrics(rec: dict, n_train: int, n_val: int) -> dict:
@@ -195,10 +196,14 @@ def train(
                                         help="Weight the loss by inverse class frequency."),
     precision: str = typer.Option("auto", help="fp32, bf16 (mixed precision), or auto: bf16 on "
                                   "CPUs with native bfloat16 (AVX512-BF16/AMX), else fp32."),
+    head: str = typer.Option("single", help="single (softmax: one class per hit, the original) "
+                             "or multi (a sigmoid per class: hits struck together, e.g. kick + "
+                             "hi-hat, are all learnt and all reported by `process`)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
     """Train the drum classifier; writes best/final checkpoints and metrics.json to OUTPUT."""
     from beatsight.common.checkpoint import load_model, save_checkpoint
+    from beatsight.common.model import check_head
 
     from .training import TrainConfig, fit, new_model
 
@@ -212,7 +217,7 @@ def train(
                       augment=_split_list(augmentations) if augment else [],
                       early_stopping_patience=patience, freeze=_split_list(freeze),
                       num_threads=threads, class_weighted=class_weighted,
-                      precision=precision)
+                      precision=precision, head=check_head(head))
     if init_from is not None:
         from beatsight.common.signing import check_model
 

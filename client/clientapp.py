@@ -128,6 +128,7 @@ def make_client_app(data_dirs: list[str] | None = None, progress: bool = False,
             augment=[a for a in str(cfg.get("augment", "")).split(",") if a],
             num_threads=int(cfg.get("threads", 0)) or None,
             early_stopping_patience=0,
+            head=str(cfg.get("head", "single")),
         )
         hist = fit(model, data, tc, progress=progress, global_params=global_params)
         last = hist[-1] if hist else {}

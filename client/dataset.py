@@ -53,6 +53,9 @@ class FeatureSet:
     y: np.ndarray  # (N,) int64 class indices into CLASSES
     ids: list[str]
     settings: FeatureSettings = DEFAULT_SETTINGS
+    # (N, classes) 0/1: every class struck at the sample's onset (its own included), for the
+    # multi-label head. None: only the sample's own class is known.
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -60,7 +63,26 @@ class FeatureSet:
     def subset(self, idx: np.ndarray | list[int]) -> FeatureSet:
         idx = np.asarray(idx, dtype=np.int64)
         return FeatureSet(self.windows[idx], self.X[idx], self.y[idx],
-                          [self.ids[i] for i in idx], self.settings)
+                          [self.ids[i] for i in idx], self.settings,
+                          None if self.targets is None else self.targets[idx])
+
+    def multi_hot(self) -> np.ndarray:
+        """(N, classes) float32 targets for the multi-label head (one-hot where nothing else
+        is known)."""
+        if self.targets is not None:
+            return self.targets.astype(np.float32)
+        out = np.zeros((len(self.y), NUM_CLASSES), np.float32)
+        out[np.arange(len(self.y)), self.y] = 1.0
+        return out
+
+    @staticmethod
+    def concat(sets: list[FeatureSet]) -> FeatureSet:
+        """One set of several (e.g. pooled stores); targets kept where every part has them."""
+        targets = (np.concatenate([s.multi_hot() for s in sets])
+                   if any(s.targets is not None for s in sets) else None)
+        return FeatureSet(np.concatenate([s.windows for s in sets]),
+                          np.concatenate([s.X for s in sets]), np.concatenate([s.y for s in sets]),
+                          [i for s in sets for i in s.ids], sets[0].settings, targets)
 
     def batch(self, idx: np.ndarray, augment: WindowAugment | None = None,
               rng: np.random.Generator | None = None) -> np.ndarray:
@@ -172,6 +194,32 @@ def _compute(refs: list[SnippetRef], rows: list[int], windows: np.ndarray, patch
             floats = windows[part].astype(np.float32) / PCM_SCALE
             patches[part] = windows_to_patches(floats, settings).astype(np.float16)
             bar.advance(task, len(part))
+
+
+# ---------------------------------------------------------------- hits struck together
+# Hits of one recording closer than this share their window (kick + hi-hat on a beat).
+SIMULTANEOUS_S = 0.010
+
+
+def onset_groups(sources: list[str], times: list[float], gap_s: float = SIMULTANEOUS_S
+                 ) -> np.ndarray:
+    """Group ids: consecutive hits of the same recording less than `gap_s` apart share one."""
+    order = sorted(range(len(times)), key=lambda i: (sources[i], times[i]))
+    group = np.zeros(len(times), np.int64)
+    g, prev = -1, None
+    for i in order:
+        if prev is None or sources[i] != sources[prev] or times[i] - times[prev] > gap_s:
+            g += 1
+        group[i], prev = g, i
+    return group
+
+
+def group_targets(y: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """(N, classes) uint8: each sample's row marks every class struck in its group."""
+    _, g = np.unique(group, return_inverse=True)
+    per_group = np.zeros((int(g.max(initial=-1)) + 1, NUM_CLASSES), np.uint8)
+    per_group[g, y] = 1
+    return per_group[g]
 
 
 # ---------------------------------------------------------------- export directories

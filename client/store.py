@@ -38,7 +38,7 @@ from beatsight.common.classes import CLASSES, ComponentMapper, canonical_compone
 from beatsight.common.errors import BeatSightError
 from beatsight.common.features import DEFAULT_SETTINGS, FeatureSettings, extract_windows
 
-from .dataset import FeatureSet, SnippetRef, load_snippets
+from .dataset import FeatureSet, SnippetRef, group_targets, load_snippets, onset_groups
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,20 @@ def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
 def dedup_key(audio_sha256: str, time_s: float, cls: str) -> str:
     """Same audio content + same onset (to 0.1 ms) + same class = the same sample."""
     return f"{audio_sha256[:32]}@{time_s * 1000:.1f}ms/{cls}"
+
+
+def record_groups(records: list[dict]) -> np.ndarray:
+    """Onset groups of store records: hits of the same audio (by content hash, else by name)
+    less than 10 ms apart were struck together and share one window."""
+    sources, times = [], []
+    for r in records:
+        t = r.get("onset_time")
+        known = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+        # a hit without a usable time is alone in its group
+        sources.append(str(r.get("audio_sha256") or r.get("source_audio")) if known
+                       else f"id:{r.get('id')}")
+        times.append(float(t) if known else 0.0)
+    return onset_groups(sources, times)
 
 
 def split_stratified(records: list[dict], seed: int = 0, val_fraction: float = 0.2
@@ -387,8 +401,13 @@ class SampleStore:
 
     def feature_set(self, progress: bool = False, records: list[dict] | None = None
                     ) -> FeatureSet:
-        """Every usable sample (or `records`) as a FeatureSet: windows + cached patches."""
-        return load_snippets(self.refs(records), self.root, self.settings, progress)
+        """Every usable sample (or `records`) as a FeatureSet: windows + cached patches, and
+        multi-label targets from the hits recorded at the same onset of the same audio."""
+        records = self.usable() if records is None else records
+        fs = load_snippets(self.refs(records), self.root, self.settings, progress)
+        if len(records):
+            fs.targets = group_targets(fs.y, record_groups(records))
+        return fs
 
     def load_features(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (N, 1, 128, 128), y int64) of every usable sample, via the feature cache."""

@@ -26,7 +26,7 @@ from beatsight.common.atomic import atomic_write
 from beatsight.common.augment import make_augment
 from beatsight.common.classes import NUM_CLASSES
 from beatsight.common.errors import BeatSightError
-from beatsight.common.model import DrumClassifierCNN, resolve_device
+from beatsight.common.model import DrumClassifierCNN, check_head, resolve_device
 
 from .dataset import FeatureSet
 from .evaluation import evaluate, to_input
@@ -61,6 +61,8 @@ class TrainConfig:
     lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau, as the original) or "cosine"
     sampling: str = "shuffle"  # "shuffle" (every sample once per epoch) or "balanced" (classes
     #                            drawn equally often, with replacement; pair with class_weighted=False)
+    head: str = "single"  # "single" (softmax + cross-entropy, the original) or "multi" (a sigmoid
+    #                       per class + binary cross-entropy on every class struck at the onset)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,6 +86,13 @@ class _Data:
     X: np.ndarray
     y: np.ndarray
     fs: FeatureSet | None = field(default=None)
+
+    def multi_hot(self) -> np.ndarray:
+        if self.fs is not None:
+            return self.fs.multi_hot()
+        out = np.zeros((len(self.y), NUM_CLASSES), np.float32)
+        out[np.arange(len(self.y)), self.y] = 1.0
+        return out
 
     def batch(self, idx: np.ndarray, augment, rng) -> np.ndarray:
         if self.fs is not None:
@@ -119,6 +128,15 @@ def class_weights(y: np.ndarray) -> torch.Tensor:
     w = np.ones(NUM_CLASSES)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(w, dtype=torch.float32)
+
+
+def pos_weights(targets: np.ndarray) -> torch.Tensor:
+    """Multi-label head: sqrt(negatives / positives) per class, 1 to 10. Rare classes get more
+    weight on their hits without flooding the map with false ones at the 0.5 threshold."""
+    pos = targets.sum(axis=0).astype(np.float64)
+    neg = len(targets) - pos
+    w = np.where(pos > 0, np.sqrt(neg / np.maximum(pos, 1.0)), 1.0)
+    return torch.tensor(np.clip(w, 1.0, 10.0), dtype=torch.float32)
 
 
 def _balanced_probs(y: np.ndarray) -> np.ndarray:
@@ -277,8 +295,22 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
     else:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    weight = class_weights(train.y).to(device) if cfg.class_weighted else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    multi = check_head(cfg.head) == "multi"
+    targets = train.multi_hot() if multi else None
+    if multi:
+        ls = float(cfg.label_smoothing)
+        bce = nn.BCEWithLogitsLoss(
+            pos_weight=pos_weights(targets).to(device) if cfg.class_weighted else None)
+        smoothed = targets * (1.0 - ls) + 0.5 * ls
+
+        def loss_fn(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+            return bce(logits, torch.from_numpy(smoothed[idx]).to(device))
+    else:
+        weight = class_weights(train.y).to(device) if cfg.class_weighted else None
+        ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+
+        def loss_fn(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+            return ce(logits, torch.from_numpy(train.y[idx]).to(device))
     draw = _balanced_probs(train.y) if cfg.sampling == "balanced" else None
     bf16 = _use_bf16(cfg, device)
     mu = float(cfg.fedprox_mu)
@@ -326,10 +358,9 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
                 for b in range(0, n, bs):
                     idx = np.sort(perm[b:b + bs])
                     xb = to_input(train.batch(idx, augment, rng), device, cfg.channels_last)
-                    yb = torch.from_numpy(train.y[idx]).to(device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         logits = model(xb).float()
-                    loss = loss_fn(logits, yb)
+                    loss = loss_fn(logits, idx)
                     if anchor is not None:
                         prox = sum(((p - g) ** 2).sum() for p, g, t in
                                    zip(model.parameters(), anchor, trainable, strict=True) if t)
@@ -340,7 +371,10 @@ def _run(model, train: _Data, val: _Data | None, cfg: TrainConfig, augment, devi
                     if cosine:
                         sched.step()
                     tot_loss += float(loss.detach()) * len(idx)
-                    correct += int((logits.argmax(1) == yb).sum())
+                    top = logits.detach().argmax(1).cpu().numpy()
+                    # multi head: the top class is one of those struck at that onset
+                    correct += int((targets[idx, top] > 0).sum() if multi
+                                   else (top == train.y[idx]).sum())
                     bar.update(b_task, advance=len(idx),
                                info=f"loss {tot_loss / min(b + bs, n):.3f}")
             bar.remove_task(b_task)

@@ -12,7 +12,7 @@ from .atomic import atomic_write
 from .classes import CLASSES
 from .errors import BeatSightError
 from .features import DEFAULT_SETTINGS, FeatureSettings
-from .model import DrumClassifierCNN
+from .model import HEADS, DrumClassifierCNN
 
 FORMAT = "beatsight-checkpoint"
 FORMAT_VERSION = 1
@@ -27,6 +27,7 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     legacy: bool = False  # a bare state_dict from the original training script
+    head: str = "single"  # how the logits are read (common.model.HEADS); bare files: single
 
     def to_payload(self) -> dict:
         return {
@@ -39,6 +40,7 @@ class Checkpoint:
             "model_version": self.model_version,
             "metrics": self.metrics,
             "extra": self.extra,
+            "head": self.head,
         }
 
 
@@ -73,6 +75,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 model_version=str(obj.get("model_version", "unversioned")),
                 metrics=dict(obj.get("metrics") or {}),
                 extra=dict(obj.get("extra") or {}),
+                head=str(obj.get("head", "single")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BeatSightError(f"{path}: checkpoint is missing or has a bad field ({exc})") from None
@@ -95,6 +98,9 @@ def _check_fields(path: Path, obj: dict) -> None:
         if not isinstance(obj.get(key), kind):
             raise BeatSightError(f"{path}: checkpoint field {key!r} has the wrong type "
                                  f"({type(obj.get(key)).__name__})")
+    if obj.get("head", "single") not in HEADS:
+        raise BeatSightError(f"{path}: checkpoint head {obj.get('head')!r} is not one of "
+                             f"{', '.join(HEADS)}")
     if not all(isinstance(c, str) for c in obj["classes"]):
         raise BeatSightError(f"{path}: checkpoint classes must be strings")
 

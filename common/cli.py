@@ -35,6 +35,7 @@ def model_info(model: Path | None = typer.Argument(None, help="Checkpoint to ins
     typer.echo(f"{model}: {count_parameters(net):,} parameters, version {ckpt.model_version}"
                f"{' (bare state_dict)' if ckpt.legacy else ''}")
     typer.echo(f"classes: {', '.join(ckpt.classes)}")
+    typer.echo(f"head: {ckpt.head} ({'a sigmoid per class' if ckpt.head == 'multi' else 'softmax'})")
     for k, v in ckpt.metrics.items():
         typer.echo(f"{k}: {v}")
 
@@ -61,8 +62,10 @@ def process(
                                    show_default=False),
     max_snap_ms: float = typer.Option(30.0, min=0.0, help="Hits further than this from the "
                                       "grid keep their time."),
-    secondary: float = typer.Option(0.25, min=0.0, max=1.0, help="Also emit another drum "
-                                    "family's class when the CNN gives it this probability."),
+    secondary: float | None = typer.Option(None, min=0.0, max=1.0, help="Also emit another "
+                                           "drum family's class when the CNN gives it this "
+                                           "probability [default: 0.25 for a softmax model, "
+                                           "0.5 for a multi-label one].", show_default=False),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "

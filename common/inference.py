@@ -27,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .errors import BeatSightError
 from .features import DEFAULT_SETTINGS, FeatureSettings, patches
 from .heuristic import song_slice
-from .model import DrumClassifierCNN
+from .model import DrumClassifierCNN, check_head, head_probs
 
 BATCH = 128
 CALIBRATION = 48        # int8: patches (spread over the song) that set the activation ranges
@@ -103,12 +103,14 @@ def _quantize(net: nn.Module, calibration: torch.Tensor) -> nn.Module:
 
 
 class CnnPredictor:
-    """Softmax probabilities (N, classes) for onsets of one decoded song."""
+    """Class probabilities (N, classes) for onsets of one decoded song (softmax or, for a
+    multi-label head, sigmoids)."""
 
     def __init__(self, model: DrumClassifierCNN, settings: FeatureSettings = DEFAULT_SETTINGS,
                  device: torch.device | None = None, precision: str = "auto",
-                 batch_size: int = BATCH) -> None:
+                 batch_size: int = BATCH, head: str = "single") -> None:
         self.device = device or torch.device("cpu")
+        self.head = check_head(head)
         self.settings = settings
         self.batch_size = batch_size
         cpu = self.device.type == "cpu"
@@ -151,7 +153,7 @@ class CnnPredictor:
                 x = x.to(self.device, dtype=self.dtype).contiguous(
                     memory_format=torch.channels_last)
                 logits = net(x).float()
-                out[i:i + len(x)] = torch.softmax(logits, dim=1).cpu().numpy()
+                out[i:i + len(x)] = head_probs(logits, self.head).cpu().numpy()
                 if progress is not None:
                     progress(len(x))
         return out

@@ -7,6 +7,27 @@ from torch import nn
 
 from .classes import NUM_CLASSES
 
+# How the 12 logits are read. "single": softmax, one class per window (the original's head).
+# "multi": a sigmoid per class, so one window can be kick *and* hi-hat (drummers play them
+# together); trained with binary cross-entropy on every class struck at that onset.
+HEADS: tuple[str, ...] = ("single", "multi")
+# Besides its top class, an onset also gets each other drum family's best class whose
+# probability reaches this: a softmax shares 1.0 among the classes heard, a sigmoid does not.
+SECONDARY_THRESHOLD: dict[str, float] = {"single": 0.25, "multi": 0.5}
+
+
+def check_head(head: str) -> str:
+    from .errors import BeatSightError
+
+    if head not in HEADS:
+        raise BeatSightError(f"head {head!r}: choose {' or '.join(HEADS)}")
+    return head
+
+
+def head_probs(logits: torch.Tensor, head: str = "single") -> torch.Tensor:
+    """Per-class probabilities: softmax (they sum to 1) or independent sigmoids."""
+    return torch.sigmoid(logits) if check_head(head) == "multi" else torch.softmax(logits, dim=1)
+
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [

@@ -27,6 +27,7 @@ from .audio import SAMPLE_RATE, load_audio
 from .bsm import Hit, new_beatmap, write_bsm
 from .classes import CLASSES
 from .errors import BeatSightError
+from .model import SECONDARY_THRESHOLD
 from .onsets import DEFAULT_ONSETS, envelope, frames_to_times, pick_peaks
 
 ENV_MODEL = "BEATSIGHT_ML_MODEL_PATH"
@@ -49,7 +50,8 @@ class ProcessOptions:
     sensitivity: float = 60.0        # 0-100: onset threshold (higher finds softer hits)
     quantization: str = "sixteenth"  # a key of quantize.SUBDIVISIONS, or "none"
     max_snap_ms: float = quantize.DEFAULT_MAX_SNAP_MS
-    secondary: float = 0.25          # other-family classes with probability >= this also emitted
+    secondary: float | None = None   # other-family classes with probability >= this also
+    #                                  emitted (None: the model head's default, SECONDARY_THRESHOLD)
     band_checks: bool = True         # add a kick / hi-hat heard under the primary hit
     device: str | None = None
     precision: str = "auto"          # CNN arithmetic: auto, fp32, bf16, int8 (see inference)
@@ -127,7 +129,8 @@ def _velocities(rms_db: np.ndarray) -> np.ndarray:
 
 
 def combine(probs: np.ndarray | None, h_label: np.ndarray, h_conf: np.ndarray,
-            opts: ProcessOptions) -> tuple[list[list[int]], np.ndarray, int]:
+            opts: ProcessOptions, head: str = "single"
+            ) -> tuple[list[list[int]], np.ndarray, int]:
     """Classes per onset (primary first), the primary's confidence, and how many fell back.
 
     Primary: the CNN's top class, or the heuristic's label where the CNN's top probability
@@ -141,18 +144,27 @@ def combine(probs: np.ndarray | None, h_label: np.ndarray, h_conf: np.ndarray,
     top_p = probs[np.arange(n), top]
     low = top_p < opts.confidence
     primary = np.where(low, h_label, top)
+    secondary = SECONDARY_THRESHOLD[head] if opts.secondary is None else opts.secondary
+    return onset_classes(probs, secondary, primary), top_p.astype(np.float64), int(low.sum())
+
+
+def onset_classes(probs: np.ndarray, secondary: float,
+                  primary: np.ndarray | None = None) -> list[list[int]]:
+    """Classes per onset: the primary (default: the top class), then each other drum family's
+    most probable class whose probability is at least `secondary` (one per family)."""
+    primary = probs.argmax(axis=1) if primary is None else primary
     out: list[list[int]] = []
-    for i in range(n):
+    for i in range(len(probs)):
         classes = [int(primary[i])]
         families = {_FAMILY_IDX[primary[i]]}
         for c in np.argsort(-probs[i]):
-            if probs[i, c] < opts.secondary:
+            if probs[i, c] < secondary:
                 break
             if _FAMILY_IDX[c] not in families:
                 classes.append(int(c))
                 families.add(_FAMILY_IDX[c])
         out.append(classes)
-    return out, top_p.astype(np.float64), int(low.sum())
+    return out
 
 
 def transcribe(
@@ -194,7 +206,8 @@ def transcribe(
             say("classifying", done[0] / n)
 
         probs = predictor.predict(audio, onsets, progress=tick)
-    classes, conf, n_fallback = combine(probs, h_label, h_conf, opts)
+    classes, conf, n_fallback = combine(probs, h_label, h_conf, opts,
+                                        getattr(predictor, "head", "single"))
     info["timings"]["classify"] = time.perf_counter() - t0
 
     if opts.band_checks:
@@ -262,7 +275,8 @@ def load_predictor(model_path: Path, opts: ProcessOptions):
     from .model import resolve_device
 
     model, ckpt = load_model(model_path)
-    pred = CnnPredictor(model, ckpt.features, resolve_device(opts.device), opts.precision)
+    pred = CnnPredictor(model, ckpt.features, resolve_device(opts.device), opts.precision,
+                        head=ckpt.head)
     return pred, ckpt.model_version
 
 

@@ -56,7 +56,7 @@ def _checkpoint(state: dict, round_: int, metrics: dict, settings: RunSettings,
     if privacy:
         extra["privacy"] = privacy  # server/privacy.py: epsilon, delta, noise, clip, the ledger
     return Checkpoint(state_dict=state, model_version=f"federated-r{round_}",
-                      metrics=metrics, extra=extra)
+                      metrics=metrics, extra=extra, head=settings.head)
 
 
 def _privacy(strategy) -> dict | None:
@@ -72,6 +72,7 @@ def _train_config(settings: RunSettings) -> ConfigRecord:
         "batch-size": settings.batch_size,
         "proximal-mu": settings.proximal_mu if settings.strategy == "fedprox" else 0.0,
         "augment": settings.augment,
+        "head": settings.head,
         "seed": settings.seed,
         "threads": settings.threads,
     })

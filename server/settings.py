@@ -31,6 +31,7 @@ class RunSettings:
     # global model about as far as a central epoch (measured: README, federation section).
     batch_size: int = 4
     strategy: str = "fedavg"  # fedavg | fedprox
+    head: str = "single"  # single | multi (common.model.HEADS): how contributors train the logits
     proximal_mu: float = 0.0
     aggregation: str = "fedavg"  # fedavg | trimmed-mean | median | krum (see strategy.py)
     update_norm_factor: float = 5.0  # reject updates > this x the round's median norm (0: off)
@@ -73,6 +74,8 @@ class RunSettings:
             raise BeatSightError("min-nodes must be at least 1")
         if self.strategy not in ("fedavg", "fedprox"):
             raise BeatSightError(f"strategy {self.strategy!r}: choose fedavg or fedprox")
+        if self.head not in ("single", "multi"):
+            raise BeatSightError(f"head {self.head!r}: choose single or multi")
         if self.aggregation not in AGGREGATIONS:
             raise BeatSightError(f"aggregation {self.aggregation!r}: choose {', '.join(AGGREGATIONS)}")
         if self.update_norm_factor < 0 or self.max_update_norm < 0:

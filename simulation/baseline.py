@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from beatsight.client.dataset import FeatureSet
 from beatsight.client.store import SampleStore
 from beatsight.client.training import TrainConfig, fit, new_model
@@ -14,10 +12,7 @@ from beatsight.server.heldout import HeldOut
 
 
 def pooled(stores: list[Path]) -> FeatureSet:
-    sets = [SampleStore(p).feature_set(progress=True) for p in stores]
-    return FeatureSet(np.concatenate([s.windows for s in sets]), np.concatenate([s.X for s in sets]),
-                      np.concatenate([s.y for s in sets]), [i for s in sets for i in s.ids],
-                      sets[0].settings)
+    return FeatureSet.concat([SampleStore(p).feature_set(progress=True) for p in stores])
 
 
 def train_baseline(stores: list[Path], heldout: Path, epochs: int, cfg: TrainConfig,
@@ -34,5 +29,5 @@ def train_baseline(stores: list[Path], heldout: Path, epochs: int, cfg: TrainCon
     metrics = HeldOut.from_store(str(heldout)).evaluate(model.state_dict())
     if out is not None:
         save_checkpoint(out, Checkpoint(model.state_dict(), model_version="central-baseline",
-                                        metrics=metrics))
+                                        metrics=metrics, head=cfg.head))
     return metrics

@@ -168,6 +168,8 @@ def run_cmd(
     split: str = typer.Option("per-kit", help="per-kit (non-IID) or iid."),
     strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
     mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
+    head: str = typer.Option("single", help="single (softmax) or multi (a sigmoid per class: "
+                             "hits struck together are all learnt; see README)."),
     aggregation: str = typer.Option("fedavg", help="fedavg, trimmed-mean, median or krum "
                                     "(robust to a poisoned contributor; see README)."),
     lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
@@ -200,7 +202,7 @@ def run_cmd(
                   f"held-out store {heldout}", highlight=False)
     settings = RunSettings(num_rounds=rounds, local_epochs=local_epochs, seed=seed,
                            out_dir=str(out), strategy=strategy, proximal_mu=mu, lr=lr,
-                           aggregation=aggregation,
+                           aggregation=aggregation, head=head,
                            batch_size=batch_size, min_nodes=min(min_nodes, contributors),
                            fraction_train=fraction, augment=",".join(parse_augment(augment)),
                            heldout=str(heldout),
@@ -228,16 +230,18 @@ def baseline_cmd(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: the "
                                           "`train` command's, the recipe a user trains with."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
+    head: str = typer.Option("single", help="As for `run`."),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
     """Centralised reference: pool every contributor's samples, train rounds x local-epochs
     epochs, report accuracy and macro-F1 on the held-out kits (the number to reach)."""
     from beatsight.client.training import TrainConfig
+    from beatsight.common.model import check_head
 
     from .baseline import train_baseline
 
     stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit")
-    cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment))
+    cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head))
     cfg.batch_size = batch_size or cfg.batch_size
     metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out)
     console.print(_metrics_table(f"Centralised baseline, {rounds * local_epochs} epochs, "
@@ -248,17 +252,20 @@ def baseline_cmd(
 def crossval_cmd(
     folds: int = typer.Option(4, "--folds", "-k", help="Leave-kits-out folds; every usable kit "
                               "is held out exactly once."),
-    epochs: int = typer.Option(6, "--epochs", min=1, help="Training epochs per fold (the last "
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Training epochs per fold (the last "
                                "epoch's model is tested: no checkpoint is chosen on test kits)."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
                                 "'default', 'all', 'none', '-name' removes one ('all,-overlap')."),
     augment_p: float = typer.Option(0.5, "--augment-p", help="Share of windows each one touches."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", min=0.0, max=0.5),
-    lr_schedule: str = typer.Option("plateau", "--lr-schedule", help="plateau or cosine."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (to 0 over the "
+                                    "epochs) or plateau (as `train`; no validation here)."),
     balance: str = typer.Option("loss", help="Class balance: loss (class-weighted loss, the "
                                 "training default), sampling (classes drawn equally) or none."),
     lr: float = typer.Option(1e-3, help="Learning rate."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    head: str = typer.Option("single", help="single (softmax, one class per window) or multi "
+                             "(a sigmoid per class, trained on every class struck at the onset)."),
     seed: int = typer.Option(0, help="Seed of initial weights, shuffling, augmentation."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the rendered data and folds."),
     data: Path = typer.Option(Path("runs/crossval-data"), "--data", help="Per-kit sample stores "
@@ -266,8 +273,8 @@ def crossval_cmd(
     songs: int = typer.Option(2, "--songs", min=0, help="Grooves rendered per kit."),
     seconds: float = typer.Option(20.0, "--seconds", min=2.0, help="Length of each groove (s)."),
     isolated: int = typer.Option(6, "--isolated", min=0, help="Isolated hits per class per kit."),
-    max_per_class: int = typer.Option(0, "--max-per-class", min=0, help="Cap on training samples "
-                                      "per class per kit (0: all)."),
+    max_per_class: int = typer.Option(15, "--max-per-class", min=0, help="Cap on training "
+                                      "samples per class per kit (0: all)."),
     drop_shared: bool = typer.Option(False, "--drop-shared/--keep-shared", help="Train only on "
                                      "hits not struck together with another class."),
     kit: list[str] = typer.Option(None, "--kit", help="Use only these kits (repeatable)."),
@@ -284,6 +291,7 @@ def crossval_cmd(
     from beatsight.client.training import TrainConfig
     from beatsight.common.atomic import atomic_write_text
     from beatsight.common.errors import BeatSightError
+    from beatsight.common.model import check_head
 
     from . import crossval as cv
 
@@ -294,14 +302,14 @@ def crossval_cmd(
                             early_stopping_patience=0, class_weighted=balance == "loss",
                             sampling="balanced" if balance == "sampling" else "shuffle",
                             label_smoothing=label_smoothing, lr_schedule=lr_schedule,
-                            num_threads=threads)
+                            num_threads=threads, head=check_head(head))
     cfg = cv.CrossvalConfig(folds=folds, seed=data_seed, data=str(data), songs=songs, seconds=seconds,
                             isolated_per_class=isolated, max_per_class=max_per_class,
                             drop_shared=drop_shared,
                             kits=list(kit or []), only_folds=list(fold or []))
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "
-                  f"{label_smoothing}", highlight=False)
+                  f"{label_smoothing}, {head} head", highlight=False)
     result = cv.crossval(cfg, train_cfg, kits_root, progress,
                          on_fold=lambda rec: console.print(cv.fold_line(rec), highlight=False))
     for table in cv.tables(result):
