@@ -199,11 +199,14 @@ def train(
     head: str = typer.Option("single", help="single (softmax: one class per hit, the original) "
                              "or multi (a sigmoid per class: hits struck together, e.g. kick + "
                              "hi-hat, are all learnt and all reported by `process`)."),
+    pooling: str = typer.Option("avg", help="The CNN's global pooling for a new model: avg (the "
+                                "seed's) or avgmax (average and maximum; see README). With "
+                                "--init-from the model's own is kept."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
     """Train the drum classifier; writes best/final checkpoints and metrics.json to OUTPUT."""
     from beatsight.common.checkpoint import load_model, save_checkpoint
-    from beatsight.common.model import check_head
+    from beatsight.common.model import check_head, check_pooling
 
     from .training import TrainConfig, fit, new_model
 
@@ -224,7 +227,7 @@ def train(
         check_model(init_from, trust_key, allow_unsigned)
         model, _ = load_model(init_from)
     else:
-        model = new_model(seed)
+        model = new_model(seed, check_pooling(pooling))
     train_fs, val_fs = load_splits(dataset, seed, val_fraction, progress)
     if len(train_fs) == 0:
         raise BeatSightError(f"{dataset}: no training samples of the 12 classes")

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from beatsight.common.errors import BeatSightError
-from beatsight.common.model import DrumClassifierCNN
+from beatsight.common.model import DrumClassifierCNN, pooling_of
 from beatsight.common.runpaths import resolve_run_path
 
 from .dataset import FeatureSet
@@ -55,8 +55,9 @@ def _features(path: str) -> FeatureSet:
 
 
 def _model(msg: Message) -> DrumClassifierCNN:
-    model = DrumClassifierCNN()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    state = msg.content["arrays"].to_torch_state_dict()
+    model = DrumClassifierCNN(pooling=pooling_of(state))
+    model.load_state_dict(state)
     return model
 
 

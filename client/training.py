@@ -114,11 +114,11 @@ def _as_data(data: FeatureSet | tuple[np.ndarray, np.ndarray], what: str) -> _Da
     return _Data(X, y)
 
 
-def new_model(seed: int = 0) -> DrumClassifierCNN:
+def new_model(seed: int = 0, pooling: str = "avg") -> DrumClassifierCNN:
     """A freshly initialised model; the same seed gives the same initial weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DrumClassifierCNN()
+        return DrumClassifierCNN(pooling=pooling)
 
 
 def class_weights(y: np.ndarray) -> torch.Tensor:

@@ -12,7 +12,7 @@ from .atomic import atomic_write
 from .classes import CLASSES
 from .errors import BeatSightError
 from .features import DEFAULT_SETTINGS, FeatureSettings
-from .model import HEADS, DrumClassifierCNN
+from .model import HEADS, POOLINGS, DrumClassifierCNN, pooling_of
 
 FORMAT = "beatsight-checkpoint"
 FORMAT_VERSION = 1
@@ -29,6 +29,11 @@ class Checkpoint:
     legacy: bool = False  # a bare state_dict from the original training script
     head: str = "single"  # how the logits are read (common.model.HEADS); bare files: single
 
+    @property
+    def pooling(self) -> str:
+        """The architecture's pooling (common.model.POOLINGS), as its weights imply."""
+        return pooling_of(self.state_dict)
+
     def to_payload(self) -> dict:
         return {
             "format": FORMAT,
@@ -41,6 +46,7 @@ class Checkpoint:
             "metrics": self.metrics,
             "extra": self.extra,
             "head": self.head,
+            "pooling": self.pooling,
         }
 
 
@@ -101,6 +107,9 @@ def _check_fields(path: Path, obj: dict) -> None:
     if obj.get("head", "single") not in HEADS:
         raise BeatSightError(f"{path}: checkpoint head {obj.get('head')!r} is not one of "
                              f"{', '.join(HEADS)}")
+    if obj.get("pooling", pooling_of(sd)) != pooling_of(sd) or pooling_of(sd) not in POOLINGS:
+        raise BeatSightError(f"{path}: checkpoint says pooling {obj.get('pooling')!r} but its "
+                             f"weights are for {pooling_of(sd)!r}")
     if not all(isinstance(c, str) for c in obj["classes"]):
         raise BeatSightError(f"{path}: checkpoint classes must be strings")
 
@@ -120,7 +129,7 @@ def build_model(
         diff = {k: v for k, v in ckpt.features.to_dict().items()
                 if expect_features.to_dict().get(k) != v}
         raise BeatSightError(f"{source}: model was trained with other feature settings {diff}")
-    model = DrumClassifierCNN(num_classes=len(ckpt.classes))
+    model = DrumClassifierCNN(num_classes=len(ckpt.classes), pooling=ckpt.pooling)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:

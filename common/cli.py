@@ -35,7 +35,8 @@ def model_info(model: Path | None = typer.Argument(None, help="Checkpoint to ins
     typer.echo(f"{model}: {count_parameters(net):,} parameters, version {ckpt.model_version}"
                f"{' (bare state_dict)' if ckpt.legacy else ''}")
     typer.echo(f"classes: {', '.join(ckpt.classes)}")
-    typer.echo(f"head: {ckpt.head} ({'a sigmoid per class' if ckpt.head == 'multi' else 'softmax'})")
+    typer.echo(f"head: {ckpt.head} ({'a sigmoid per class' if ckpt.head == 'multi' else 'softmax'})"
+               f", pooling: {ckpt.pooling}")
     for k, v in ckpt.metrics.items():
         typer.echo(f"{k}: {v}")
 

@@ -79,8 +79,8 @@ class _Int8Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
-        x = n.conv4(n.conv3(n.conv2(n.conv1(self.quant(x)))))
-        return self.dequant(n.fc(torch.flatten(n.pool(x), 1)))
+        x = self.dequant(n.conv4(n.conv3(n.conv2(n.conv1(self.quant(x))))))
+        return n.fc(torch.flatten(n.pool(x), 1))  # pooling and the small linear layer in float
 
 
 def _quantize(net: nn.Module, calibration: torch.Tensor) -> nn.Module:
@@ -96,6 +96,7 @@ def _quantize(net: nn.Module, calibration: torch.Tensor) -> nn.Module:
         wrapped.qconfig = tq.QConfig(
             activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
             weight=tq.default_per_channel_weight_observer)
+        wrapped.net.fc.qconfig = None
         prepared = tq.prepare(wrapped)
         with torch.inference_mode():
             prepared(calibration.float().contiguous())

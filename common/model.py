@@ -40,18 +40,47 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DrumClassifierCNN(nn.Module):
-    """Four conv blocks 1->32->64->128->256, global average pool, dropout 0.3, linear to 12 logits."""
+# How the last block's 256 maps become the classifier's input. "avg": global average (the seed's
+# CNN). "avgmax": global average and global maximum side by side (512 features): the maximum
+# keeps a strong local pattern that averaging over the whole patch dilutes.
+POOLINGS: tuple[str, ...] = ("avg", "avgmax")
 
-    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.3) -> None:
+
+class AvgMaxPool(nn.Module):
+    """(N, C, H, W) -> (N, 2C, 1, 1): global average, then global maximum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], dim=1)
+
+
+def check_pooling(pooling: str) -> str:
+    from .errors import BeatSightError
+
+    if pooling not in POOLINGS:
+        raise BeatSightError(f"pooling {pooling!r}: choose {' or '.join(POOLINGS)}")
+    return pooling
+
+
+def pooling_of(state_dict: dict) -> str:
+    """The pooling a state_dict was trained with, read from its classifier's input width."""
+    fc = state_dict.get("fc.weight")
+    return "avgmax" if fc is not None and fc.shape[-1] == 512 else "avg"
+
+
+class DrumClassifierCNN(nn.Module):
+    """Four conv blocks 1->32->64->128->256, global pooling, dropout 0.3, linear to 12 logits."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.3,
+                 pooling: str = "avg") -> None:
         super().__init__()
+        self.pooling = check_pooling(pooling)
         self.conv1 = _block(1, 32, pool=True)
         self.conv2 = _block(32, 64, pool=True)
         self.conv3 = _block(64, 128, pool=True)
         self.conv4 = _block(128, 256, pool=False)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else AvgMaxPool()
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(256, num_classes)
+        self.fc = nn.Linear(256 if pooling == "avg" else 512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))

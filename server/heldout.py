@@ -8,7 +8,7 @@ import torch
 from beatsight.client.evaluation import evaluate
 from beatsight.client.store import SampleStore
 from beatsight.common.classes import CLASSES
-from beatsight.common.model import DrumClassifierCNN
+from beatsight.common.model import DrumClassifierCNN, pooling_of
 
 
 class HeldOut:
@@ -23,7 +23,7 @@ class HeldOut:
         return cls(x, y)
 
     def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
-        model = DrumClassifierCNN()
+        model = DrumClassifierCNN(pooling=pooling_of(state_dict))
         model.load_state_dict(state_dict)
         res = evaluate(model, self.x, self.y, batch_size=self.batch_size)
         flat = {"accuracy": float(res["accuracy"]), "macro_f1": float(res["macro_f1"]),

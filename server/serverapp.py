@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from beatsight.common.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
+from beatsight.common.errors import BeatSightError
 from beatsight.common.model import DrumClassifierCNN
 from beatsight.common.runpaths import resolve_run_path
 
@@ -86,10 +87,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
     paths.out.mkdir(parents=True, exist_ok=True)
     history = History(paths.history)
 
-    start_round, model, ckpt = 0, DrumClassifierCNN(), None
+    start_round, model, ckpt = 0, DrumClassifierCNN(pooling=settings.pooling), None
     if settings.resume and paths.latest.exists():
         ckpt = read_checkpoint(paths.latest)
         model = build_model(ckpt, source=paths.latest)
+        if ckpt.pooling != settings.pooling:
+            raise BeatSightError(f"{paths.latest}: the run to resume has pooling {ckpt.pooling!r}, "
+                                 f"this run asks for {settings.pooling!r}")
         start_round = int(ckpt.extra.get("round", 0))
         log.info("resuming from %s after round %d", paths.latest, start_round)
     history.truncate(start_round if start_round else -1)

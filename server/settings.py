@@ -32,6 +32,7 @@ class RunSettings:
     batch_size: int = 4
     strategy: str = "fedavg"  # fedavg | fedprox
     head: str = "single"  # single | multi (common.model.HEADS): how contributors train the logits
+    pooling: str = "avg"  # avg | avgmax (common.model.POOLINGS): the global model's architecture
     proximal_mu: float = 0.0
     aggregation: str = "fedavg"  # fedavg | trimmed-mean | median | krum (see strategy.py)
     update_norm_factor: float = 5.0  # reject updates > this x the round's median norm (0: off)
@@ -74,6 +75,8 @@ class RunSettings:
             raise BeatSightError("min-nodes must be at least 1")
         if self.strategy not in ("fedavg", "fedprox"):
             raise BeatSightError(f"strategy {self.strategy!r}: choose fedavg or fedprox")
+        if self.pooling not in ("avg", "avgmax"):
+            raise BeatSightError(f"pooling {self.pooling!r}: choose avg or avgmax")
         if self.head not in ("single", "multi"):
             raise BeatSightError(f"head {self.head!r}: choose single or multi")
         if self.aggregation not in AGGREGATIONS:

@@ -75,7 +75,8 @@ def make_strategy(settings: RunSettings, fraction_evaluate: float = 1.0) -> Stra
     strategy.rejected = []
     strategy.norm_factor = settings.update_norm_factor
     strategy.max_update_norm = settings.max_update_norm
-    strategy.layout = layout_of({k: v.numpy() for k, v in DrumClassifierCNN().state_dict().items()})
+    strategy.layout = layout_of({k: v.numpy() for k, v in DrumClassifierCNN(
+        pooling=settings.pooling).state_dict().items()})
     strategy.node_wait = settings.round_timeout  # see deadline.py
     if not settings.dp:
         return strategy

@@ -170,6 +170,8 @@ def run_cmd(
     mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
     head: str = typer.Option("single", help="single (softmax) or multi (a sigmoid per class: "
                              "hits struck together are all learnt; see README)."),
+    pooling: str = typer.Option("avg", help="The global model's pooling: avg (the seed's CNN) "
+                                "or avgmax (see README)."),
     aggregation: str = typer.Option("fedavg", help="fedavg, trimmed-mean, median or krum "
                                     "(robust to a poisoned contributor; see README)."),
     lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
@@ -202,7 +204,7 @@ def run_cmd(
                   f"held-out store {heldout}", highlight=False)
     settings = RunSettings(num_rounds=rounds, local_epochs=local_epochs, seed=seed,
                            out_dir=str(out), strategy=strategy, proximal_mu=mu, lr=lr,
-                           aggregation=aggregation, head=head,
+                           aggregation=aggregation, head=head, pooling=pooling,
                            batch_size=batch_size, min_nodes=min(min_nodes, contributors),
                            fraction_train=fraction, augment=",".join(parse_augment(augment)),
                            heldout=str(heldout),
@@ -231,19 +233,21 @@ def baseline_cmd(
                                           "`train` command's, the recipe a user trains with."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
     head: str = typer.Option("single", help="As for `run`."),
+    pooling: str = typer.Option("avg", help="As for `run`."),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
     """Centralised reference: pool every contributor's samples, train rounds x local-epochs
     epochs, report accuracy and macro-F1 on the held-out kits (the number to reach)."""
     from beatsight.client.training import TrainConfig
-    from beatsight.common.model import check_head
+    from beatsight.common.model import check_head, check_pooling
 
     from .baseline import train_baseline
 
     stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit")
     cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head))
     cfg.batch_size = batch_size or cfg.batch_size
-    metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out)
+    metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out,
+                             check_pooling(pooling))
     console.print(_metrics_table(f"Centralised baseline, {rounds * local_epochs} epochs, "
                                  "held-out kits", metrics))
 
@@ -266,6 +270,8 @@ def crossval_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     head: str = typer.Option("single", help="single (softmax, one class per window) or multi "
                              "(a sigmoid per class, trained on every class struck at the onset)."),
+    pooling: str = typer.Option("avg", help="The CNN's global pooling: avg (the seed's) or "
+                                "avgmax (average and maximum side by side)."),
     seed: int = typer.Option(0, help="Seed of initial weights, shuffling, augmentation."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the rendered data and folds."),
     data: Path = typer.Option(Path("runs/crossval-data"), "--data", help="Per-kit sample stores "
@@ -291,7 +297,7 @@ def crossval_cmd(
     from beatsight.client.training import TrainConfig
     from beatsight.common.atomic import atomic_write_text
     from beatsight.common.errors import BeatSightError
-    from beatsight.common.model import check_head
+    from beatsight.common.model import check_head, check_pooling
 
     from . import crossval as cv
 
@@ -305,11 +311,11 @@ def crossval_cmd(
                             num_threads=threads, head=check_head(head))
     cfg = cv.CrossvalConfig(folds=folds, seed=data_seed, data=str(data), songs=songs, seconds=seconds,
                             isolated_per_class=isolated, max_per_class=max_per_class,
-                            drop_shared=drop_shared,
+                            drop_shared=drop_shared, pooling=check_pooling(pooling),
                             kits=list(kit or []), only_folds=list(fold or []))
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "
-                  f"{label_smoothing}, {head} head", highlight=False)
+                  f"{label_smoothing}, {head} head, {pooling} pooling", highlight=False)
     result = cv.crossval(cfg, train_cfg, kits_root, progress,
                          on_fold=lambda rec: console.print(cv.fold_line(rec), highlight=False))
     for table in cv.tables(result):

@@ -262,6 +262,7 @@ class CrossvalConfig:
     isolated_per_class: int = KIT_ISOLATED_PER_CLASS
     max_per_class: int = 15           # training samples per class per kit (0: all)
     drop_shared: bool = False         # train only on hits that do not share their onset
+    pooling: str = "avg"              # the CNN's global pooling (common.model.POOLINGS)
     kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
     only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
 
@@ -292,8 +293,8 @@ def prepare(cfg: CrossvalConfig, kits_root: str | Path | None = None, progress: 
 
 
 def run_fold(index: int, heldout: list[str], data: dict[str, KitData], train_cfg: TrainConfig,
-             max_per_class: int = 0, progress: bool = True, drop_shared: bool = False
-             ) -> tuple[dict, dict]:
+             max_per_class: int = 0, progress: bool = True, drop_shared: bool = False,
+             pooling: str = "avg") -> tuple[dict, dict]:
     """Train on every kit but `heldout`, test on `heldout`. Returns (fold record, predictions
     {y, pred, isolated, group} for pooling). `drop_shared`: leave out training hits struck
     together with another class (their windows are identical, their labels contradict)."""
@@ -308,7 +309,7 @@ def run_fold(index: int, heldout: list[str], data: dict[str, KitData], train_cfg
             rows = rows[np.bincount(d.group)[d.group] == 1]
         parts.append(d.fs.subset(rows[cap_per_class(d.fs.y[rows], max_per_class, rng)]))
     train = FeatureSet.concat(parts)
-    model = new_model(train_cfg.seed)
+    model = new_model(train_cfg.seed, pooling)
     hist = fit(model, train, train_cfg, progress=progress)
     t_train = time.perf_counter() - t0
     test = [data[k] for k in heldout]
@@ -348,7 +349,7 @@ def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path 
     records, pooled = [], {"y": [], "pred": [], "isolated": [], "group": [], "probs": []}
     for i in wanted:
         rec, preds = run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress,
-                              cfg.drop_shared)
+                              cfg.drop_shared, cfg.pooling)
         records.append(rec)
         for key in pooled:
             pooled[key].append(preds[key])

@@ -159,3 +159,21 @@ def test_process_with_a_multi_head_model_writes_both_drums_of_a_shared_beat(stor
         times.setdefault(round(h.time_ms / 20), set()).add(h.component)
     shared = sum(1 for comps in times.values() if {"kick", "hihat_closed"} <= comps)
     assert shared >= 9  # of the 12 shared beats
+
+
+def test_a_federation_trains_and_records_the_head_and_pooling_it_was_given(store, tmp_path
+                                                                           ) -> None:
+    """Real strategy and ClientApp in this process (simulation/inprocess.py), two contributors."""
+    from beatsight.server.settings import RunSettings
+    from beatsight.simulation.inprocess import simulate_in_process
+
+    s, _ = store
+    settings = RunSettings(num_rounds=1, min_nodes=2, head="multi", pooling="avgmax",
+                           heldout=str(s.root), out_dir=str(tmp_path / "run"), augment="")
+    final = simulate_in_process(settings, [s.root, s.root], evaluate=False)
+    assert final["num-examples"] == len(s.usable())
+    ckpt = read_checkpoint(tmp_path / "run" / "global_model.pth")
+    assert (ckpt.head, ckpt.pooling) == ("multi", "avgmax")
+    with pytest.raises(BeatSightError, match="has pooling 'avgmax', this run asks for 'avg'"):
+        simulate_in_process(RunSettings(**{**settings.__dict__, "pooling": "avg", "resume": True,
+                                           "num_rounds": 2}), [s.root, s.root], evaluate=False)
