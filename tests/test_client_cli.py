@@ -157,6 +157,18 @@ def test_train_resume_evaluate_and_bad_checkpoints(capsys, tmp_path: Path, songs
     assert torch.equal(start.conv1[0].weight, tuned.conv1[0].weight)
     assert not torch.equal(start.fc.weight, tuned.fc.weight)
 
+    # The multi-label head and the avgmax pooling: recorded in the checkpoints it writes.
+    code, _, err = run(capsys, "train", "--dataset", store, "--epochs", "1", "--batch-size",
+                       "8", "--output", tmp_path / "mh", "--head", "multi", "--pooling",
+                       "avgmax", "--threads", "1", "--no-progress")
+    assert code == 0, err
+    for name in ("best_drum_classifier.pth", "final_drum_classifier.pth"):
+        _, ck = load_model(tmp_path / "mh" / name)
+        assert (ck.head, ck.pooling) == ("multi", "avgmax")
+    code, _, err = run(capsys, "train", "--dataset", store, "--output", tmp_path / "mh2",
+                       "--head", "both")
+    assert code == 2 and "head 'both': choose single or multi" in one_error_line(err)
+
     # evaluate: metrics on stdout, confusion-matrix PNG and JSON with --out.
     code, out, err = run(capsys, "evaluate", "--model", models / "best_drum_classifier.pth",
                          "--dataset", tmp_path / "ds", "--out", tmp_path / "eval")
