@@ -44,6 +44,13 @@ class SnippetRef:
     onset_offset: int | None = None
 
 
+def one_hot(y: np.ndarray) -> np.ndarray:
+    """(N, classes) float32 with a 1 at each sample's own class."""
+    out = np.zeros((len(y), NUM_CLASSES), np.float32)
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
 @dataclass
 class FeatureSet:
     """Labelled samples ready for training: raw windows (for augmentation) and cached patches."""
@@ -69,11 +76,7 @@ class FeatureSet:
     def multi_hot(self) -> np.ndarray:
         """(N, classes) float32 targets for the multi-label head (one-hot where nothing else
         is known)."""
-        if self.targets is not None:
-            return self.targets.astype(np.float32)
-        out = np.zeros((len(self.y), NUM_CLASSES), np.float32)
-        out[np.arange(len(self.y)), self.y] = 1.0
-        return out
+        return one_hot(self.y) if self.targets is None else self.targets.astype(np.float32)
 
     @staticmethod
     def concat(sets: list[FeatureSet]) -> FeatureSet:

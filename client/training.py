@@ -28,7 +28,7 @@ from beatsight.common.classes import NUM_CLASSES
 from beatsight.common.errors import BeatSightError
 from beatsight.common.model import DrumClassifierCNN, check_head, resolve_device
 
-from .dataset import FeatureSet
+from .dataset import FeatureSet, one_hot
 from .evaluation import evaluate, to_input
 
 __all__ = ["TrainConfig", "History", "fit", "evaluate", "new_model", "class_weights"]
@@ -88,11 +88,7 @@ class _Data:
     fs: FeatureSet | None = field(default=None)
 
     def multi_hot(self) -> np.ndarray:
-        if self.fs is not None:
-            return self.fs.multi_hot()
-        out = np.zeros((len(self.y), NUM_CLASSES), np.float32)
-        out[np.arange(len(self.y)), self.y] = 1.0
-        return out
+        return self.fs.multi_hot() if self.fs is not None else one_hot(self.y)
 
     def batch(self, idx: np.ndarray, augment, rng) -> np.ndarray:
         if self.fs is not None:

@@ -75,10 +75,10 @@ class RunSettings:
             raise BeatSightError("min-nodes must be at least 1")
         if self.strategy not in ("fedavg", "fedprox"):
             raise BeatSightError(f"strategy {self.strategy!r}: choose fedavg or fedprox")
-        if self.pooling not in ("avg", "avgmax"):
-            raise BeatSightError(f"pooling {self.pooling!r}: choose avg or avgmax")
-        if self.head not in ("single", "multi"):
-            raise BeatSightError(f"head {self.head!r}: choose single or multi")
+        from beatsight.common.model import check_head, check_pooling  # said once, there
+
+        check_head(self.head)
+        check_pooling(self.pooling)
         if self.aggregation not in AGGREGATIONS:
             raise BeatSightError(f"aggregation {self.aggregation!r}: choose {', '.join(AGGREGATIONS)}")
         if self.update_norm_factor < 0 or self.max_update_norm < 0:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from beatsight.client.dataset import FeatureSet, onset_groups
+from beatsight.client.dataset import FeatureSet
 from beatsight.client.evaluation import predict_logits
-from beatsight.client.store import SampleStore
+from beatsight.client.store import SampleStore, record_groups
 from beatsight.client.training import TrainConfig, fit, new_model
 from beatsight.common.classes import CLASSES, MERGED_CLASSES, NUM_CLASSES, merge_labels
 from beatsight.common.errors import BeatSightError
@@ -123,8 +123,7 @@ def load_kit(store: Path, key: str, family: str, progress: bool = False) -> KitD
     fs = s.feature_set(progress=progress, records=records)
     sources = [str(r.get("source_audio", "")) for r in records]
     iso = np.array([src.startswith("isolated-") for src in sources], dtype=bool)
-    times = [float(r.get("onset_time") or 0.0) for r in records]
-    return KitData(key, family, fs, iso, onset_groups(sources, times))
+    return KitData(key, family, fs, iso, record_groups(records))
 
 
 def _group_counts(y: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

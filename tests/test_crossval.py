@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beatsight.client.dataset import FeatureSet
+from beatsight.client.dataset import FeatureSet, onset_groups
 from beatsight.client.training import TrainConfig
 from beatsight.common.classes import CLASS_INDEX, MERGED_CLASSES, MERGED_VIEW, merge_labels
 from beatsight.common.errors import BeatSightError
@@ -28,7 +28,6 @@ from beatsight.simulation.crossval import (
     assign_folds,
     cap_per_class,
     ceiling,
-    onset_groups,
     run_fold,
     scores,
     usable_kits,

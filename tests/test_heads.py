@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_store import synth_beat
+from test_store import synth_store
 
 from beatsight.client.dataset import FeatureSet, group_targets, onset_groups
 from beatsight.client.evaluation import predict_logits
 from beatsight.client.store import SampleStore
 from beatsight.client.training import TrainConfig, fit, new_model, pos_weights
-from beatsight.common.bsm import Hit, new_beatmap, read_bsm, write_bsm
+from beatsight.common.bsm import Hit, read_bsm
 from beatsight.common.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from beatsight.common.classes import CLASS_INDEX, NUM_CLASSES
 from beatsight.common.errors import BeatSightError
@@ -41,14 +41,7 @@ def _hits() -> list[Hit]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[SampleStore, Path]:
     d = tmp_path_factory.mktemp("heads")
-    hl = _hits()
-    wav = synth_beat(hl, d / "groove.wav", 18.5, seed=4)
-    bsm = d / "groove.bsm"
-    write_bsm(bsm, new_beatmap(hl, title="g", audio_filename="groove.wav", duration_ms=18500,
-                               bpm=120))
-    s = SampleStore(d / "store")
-    s.extract_beatmap(bsm, wav)
-    return s, wav
+    return synth_store(_hits(), d, 18.5, seed=4)
 
 
 def test_targets_mark_every_class_struck_at_the_onset(store) -> None:

@@ -55,6 +55,19 @@ def synth_beat(hit_list: list[Hit], out: Path, seconds: float, seed: int = 0) ->
     return out
 
 
+def synth_store(hit_list: list[Hit], d: Path, seconds: float, seed: int = 0,
+                bpm: float = 120) -> tuple[SampleStore, Path]:
+    """`synth_beat` plus its beatmap, collected into `d/store` the way a contributor does;
+    returns (store, the groove's WAV)."""
+    wav = synth_beat(hit_list, d / "groove.wav", seconds, seed=seed)
+    bsm = d / "groove.bsm"
+    write_bsm(bsm, new_beatmap(hit_list, title="g", audio_filename="groove.wav",
+                               duration_ms=int(seconds * 1000), bpm=bpm))
+    store = SampleStore(d / "store")
+    store.extract_beatmap(bsm, wav)
+    return store, wav
+
+
 @pytest.fixture(scope="module")
 def beat_wav(tmp_path_factory) -> Path:
     """simple_beat.bsm's hits synthesised into a 4 s WAV."""

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_store import synth_beat
+from test_store import synth_store
 
 from beatsight.client.dataset import FeatureSet
-from beatsight.client.store import SampleStore
 from beatsight.client.training import TrainConfig, class_weights, evaluate, fit, new_model
-from beatsight.common.bsm import Hit, new_beatmap, write_bsm
+from beatsight.common.bsm import Hit
 from beatsight.common.errors import BeatSightError
 
 
@@ -27,12 +26,7 @@ def data(tmp_path_factory) -> tuple[FeatureSet, FeatureSet]:
     for i in range(10):
         hl += [Hit(200 + 1200 * i, "kick", 0.9), Hit(600 + 1200 * i, "snare", 0.8),
                Hit(1000 + 1200 * i, "hihat_closed", 0.6)]
-    wav = synth_beat(hl, d / "groove.wav", 12.5, seed=3)
-    bsm = d / "groove.bsm"
-    write_bsm(bsm, new_beatmap(hl, title="g", audio_filename="groove.wav", duration_ms=12500,
-                               bpm=100))
-    store = SampleStore(d / "store")
-    store.extract_beatmap(bsm, wav)
+    store, _ = synth_store(hl, d, 12.5, seed=3, bpm=100)
     return store.train_val(seed=0, val_fraction=0.2)  # 24 train, 6 val
 
 
