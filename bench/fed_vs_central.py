@@ -9,6 +9,7 @@ round to the next at this scale, so one final number says little) and their rati
 
     .venv/bin/python bench/fed_vs_central.py --rounds 16 --seed 0
     .venv/bin/python bench/fed_vs_central.py --rounds 10 --split iid --out runs/fvc-iid
+    .venv/bin/python bench/fed_vs_central.py --rounds 10 --mu 0.01 --no-central   # FedProx
 
 Data: the main job's (5 contributors, 2 songs of 20 s each), built under --data if missing
 (default runs/data for seed 0, runs/data-s<seed> otherwise). Writes OUT/results.json.
@@ -37,9 +38,10 @@ LAST = 3  # rounds / epochs averaged for the comparison
 
 
 def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_size: int,
-              augment: str, out: Path) -> list[dict]:
+              augment: str, out: Path, mu: float = 0.0) -> list[dict]:
     settings = RunSettings(num_rounds=rounds, heldout=str(heldout), out_dir=str(out), seed=seed,
-                           threads=1, min_nodes=len(stores), batch_size=batch_size, augment=augment)
+                           threads=1, min_nodes=len(stores), batch_size=batch_size, augment=augment,
+                           strategy="fedprox" if mu > 0 else "fedavg", proximal_mu=mu)
     simulate_in_process(settings, stores, evaluate=False)
     rounds_ = json.loads((out / "history.json").read_text())["rounds"]
     return [r["heldout"] for r in rounds_ if r.get("round", 1) >= 1]
@@ -63,6 +65,9 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
          split: str = typer.Option("per-kit", help="per-kit (non-IID, the main job) or iid."),
          batch_size: int = typer.Option(RunSettings.batch_size, help="Both sides' batch size."),
          augment: str = typer.Option(",".join(DEFAULT_AUGMENT)),
+         mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal weight (0: FedAvg)."),
+         with_central: bool = typer.Option(True, "--central/--no-central",
+                                           help="Also train the centralised reference."),
          data: Path | None = typer.Option(None, help="Default: runs/data[-s<seed>][-<split>]."),
          out: Path = typer.Option(Path("runs/fed-vs-central"))) -> None:
     if data is None:
@@ -74,26 +79,31 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
     heldout = sim.build_heldout(data / "heldout", seed)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation")
+    fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation", mu)
     t_fed = time.perf_counter() - t0
-    cen = central(stores, heldout, rounds, seed, batch_size, augment)
+    cen = central(stores, heldout, rounds, seed, batch_size, augment) if with_central else []
     t_cen = time.perf_counter() - t0 - t_fed
-    print(f"{split} contributors, seed {seed}, batch {batch_size}, augment {augment}")
+    print(f"{split} contributors, seed {seed}, batch {batch_size}, augment {augment}, "
+          f"{'FedProx mu ' + str(mu) if mu > 0 else 'FedAvg'}")
     print("round/epoch   federated acc / F1   central acc / F1")
-    for i, (f, c) in enumerate(zip(fed, cen, strict=True), 1):
-        print(f"{i:>11}   {f['accuracy']:.3f} / {f['macro_f1']:.3f}        "
-              f"{c['accuracy']:.3f} / {c['macro_f1']:.3f}")
+    for i, f in enumerate(fed, 1):
+        c = f"{cen[i - 1]['accuracy']:.3f} / {cen[i - 1]['macro_f1']:.3f}" if cen else "-"
+        print(f"{i:>11}   {f['accuracy']:.3f} / {f['macro_f1']:.3f}        {c}")
     res = {"split": split, "seed": seed, "rounds": rounds, "batch_size": batch_size,
-           "augment": augment, "seconds": {"federated": round(t_fed), "central": round(t_cen)}}
+           "augment": augment, "mu": mu,
+           "seconds": {"federated": round(t_fed), "central": round(t_cen)}}
     for key in ("accuracy", "macro_f1"):
         f_last = float(np.mean([r[key] for r in fed[-LAST:]]))
-        c_last = float(np.mean([r[key] for r in cen[-LAST:]]))
         res[key] = {"federated": [round(r[key], 4) for r in fed],
-                    "central": [round(r[key], 4) for r in cen],
-                    f"federated_last{LAST}": round(f_last, 4), f"central_last{LAST}": round(c_last, 4),
-                    "ratio": round(f_last / c_last, 3) if c_last else None}
-        print(f"{key}, mean of the last {LAST}: federated {f_last:.3f}, central {c_last:.3f}, "
-              f"ratio {res[key]['ratio']}")
+                    f"federated_last{LAST}": round(f_last, 4)}
+        line = f"{key}, mean of the last {LAST}: federated {f_last:.3f}"
+        if cen:
+            c_last = float(np.mean([r[key] for r in cen[-LAST:]]))
+            res[key].update({"central": [round(r[key], 4) for r in cen],
+                             f"central_last{LAST}": round(c_last, 4),
+                             "ratio": round(f_last / c_last, 3) if c_last else None})
+            line += f", central {c_last:.3f}, ratio {res[key]['ratio']}"
+        print(line)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
 
