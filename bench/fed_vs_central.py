@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import typer
 
-from beatsight.client.training import TrainConfig, fit, new_model
+from beatsight.client.training import TrainConfig
 from beatsight.common.augment import DEFAULT_AUGMENT, parse_augment
 from beatsight.server.heldout import HeldOut
 from beatsight.server.settings import RunSettings
 from beatsight.simulation import contributors as sim
-from beatsight.simulation.baseline import pooled
+from beatsight.simulation.baseline import train_baseline
 from beatsight.simulation.cli import RUN_SONGS
 from beatsight.simulation.inprocess import simulate_in_process
 
@@ -53,11 +53,10 @@ def central(stores: list[Path], heldout: Path, epochs: int, seed: int, batch_siz
 
     def on_epoch(rec: dict, model: torch.nn.Module, hist: object) -> None:
         curve.append(ho.evaluate({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-        model.train()
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=RunSettings.lr, seed=seed,
-                      augment=augment.split(","), early_stopping_patience=0, num_threads=1)
-    fit(new_model(seed), pooled(stores), cfg, progress=False, on_epoch=on_epoch)
+    cfg = TrainConfig(batch_size=batch_size, lr=RunSettings.lr, seed=seed,
+                      augment=augment.split(","), num_threads=1)
+    train_baseline(stores, heldout, epochs, cfg, on_epoch=on_epoch)
     return curve
 
 
