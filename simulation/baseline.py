@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from beatsight.client.dataset import FeatureSet
 from beatsight.client.store import SampleStore
-from beatsight.client.training import TrainConfig, fit, new_model
+from beatsight.client.training import History, TrainConfig, fit, new_model
 from beatsight.common.checkpoint import Checkpoint, save_checkpoint
 from beatsight.server.heldout import HeldOut
 
@@ -16,7 +19,8 @@ def pooled(stores: list[Path]) -> FeatureSet:
 
 
 def train_baseline(stores: list[Path], heldout: Path, epochs: int, cfg: TrainConfig,
-                   out: Path | None = None, pooling: str = "avg", on_epoch=None) -> dict:
+                   out: Path | None = None, pooling: str = "avg",
+                   on_epoch: Callable[[dict, torch.nn.Module, History], None] | None = None) -> dict:
     """Train one model on the pooled data for `epochs` epochs; held-out metrics of the last epoch.
 
     The same number of passes over the data as a federation of `rounds x local epochs`, the same
