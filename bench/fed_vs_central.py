@@ -67,14 +67,18 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
          mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal weight (0: FedAvg)."),
          with_central: bool = typer.Option(True, "--central/--no-central",
                                            help="Also train the centralised reference."),
-         data: Path | None = typer.Option(None, help="Default: runs/data[-s<seed>][-<split>]."),
+         font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits",
+                                        help="The SoundFont kits join the contributors' kits."),
+         data: Path | None = typer.Option(None, help="Default: runs/data[-s<seed>][-<split>]"
+                                          "[-fonts]."),
          out: Path = typer.Option(Path("runs/fed-vs-central"))) -> None:
     if data is None:
         data = Path("runs/data" + (f"-s{seed}" if seed else "") + ("" if split == "per-kit"
-                                                                    else f"-{split}"))
+                                                                    else f"-{split}")
+                    + ("-fonts" if font_kits else ""))
     augment = ",".join(parse_augment(augment))
     stores = sim.build_federation(data, sim.DEFAULT_CONTRIBUTORS, seed, RUN_SONGS, sim.DEFAULT_SECONDS,
-                                  split=split)
+                                  split=split, font_kits=font_kits)
     heldout = sim.build_heldout(data / "heldout", seed)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -82,13 +86,14 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
     t_fed = time.perf_counter() - t0
     cen = central(stores, heldout, rounds, seed, batch_size, augment) if with_central else []
     t_cen = time.perf_counter() - t0 - t_fed
-    print(f"{split} contributors, seed {seed}, batch {batch_size}, augment {augment}, "
+    print(f"{split} contributors{' + SoundFont kits' if font_kits else ''}, seed {seed}, "
+          f"batch {batch_size}, augment {augment}, "
           f"{'FedProx mu ' + str(mu) if mu > 0 else 'FedAvg'}")
     print("round/epoch   federated acc / F1   central acc / F1")
     for i, f in enumerate(fed, 1):
         c = f"{cen[i - 1]['accuracy']:.3f} / {cen[i - 1]['macro_f1']:.3f}" if cen else "-"
         print(f"{i:>11}   {f['accuracy']:.3f} / {f['macro_f1']:.3f}        {c}")
-    res = {"split": split, "seed": seed, "rounds": rounds, "batch_size": batch_size,
+    res = {"split": split, "font_kits": font_kits, "seed": seed, "rounds": rounds, "batch_size": batch_size,
            "augment": augment, "mu": mu,
            "seconds": {"federated": round(t_fed), "central": round(t_cen)}}
     for key in ("accuracy", "macro_f1"):

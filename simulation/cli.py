@@ -88,6 +88,10 @@ def render_cmd(
     console.print(f"wrote {wav} and {bsm}", highlight=False)
 
 
+FONT_KITS_HELP = ("The SoundFont drum kits (fluid-soundfont-gm, avldrums) join the contributors' "
+                  "kits; held-out kits stay Hydrogen's.")
+
+
 @app.command("contributors")
 def contributors_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Data root: contributor stores go in "
@@ -105,6 +109,7 @@ def contributors_cmd(
                                  "store (kits no contributor has) in OUT/heldout."),
     kit: list[str] = typer.Option(None, "--kit", help="Contributor kit (repeatable; default: "
                                   "the fixed contributor split). Held-out kits are refused."),
+    font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
     kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
 ) -> None:
     """Build the simulated contributors' sample stores (cached) and print per-class counts."""
@@ -112,7 +117,8 @@ def contributors_cmd(
 
     t0 = time.perf_counter()
     stores = sim.build_federation(out, contributors, seed, songs, seconds, split=split,
-                                  kits_root=kits_root, contributor_kits=kit or None)
+                                  kits_root=kits_root, contributor_kits=kit or None,
+                                  font_kits=font_kits)
     def kits_of(store: Path) -> str:
         kits = sim.contributor_kits(store)
         return ", ".join(kits) if split == "per-kit" else f"{len(kits)} kits, hits pooled"
@@ -129,15 +135,19 @@ def contributors_cmd(
 
 
 DEFAULT_DATA = Path("runs/data")
+FONT_DATA = Path("runs/data-fonts")   # the default data root when the SoundFont kits join
 DEFAULT_ROUNDS = 6
 RUN_SONGS = 2  # songs per contributor in the main job: keeps it within 10 minutes on 2 cores
 
 
-def _stores(data: Path, contributors: int, songs: int, seconds: float, seed: int, split: str
-            ) -> tuple[list[Path], Path]:
+def _stores(data: Path, contributors: int, songs: int, seconds: float, seed: int, split: str,
+            font_kits: bool = False) -> tuple[list[Path], Path]:
     from . import contributors as sim
 
-    stores = sim.build_federation(data, contributors, seed, songs, seconds, split=split)
+    if font_kits and data == DEFAULT_DATA:
+        data = FONT_DATA                  # the cached default stores were built without them
+    stores = sim.build_federation(data, contributors, seed, songs, seconds, split=split,
+                                  font_kits=font_kits)
     heldout = sim.build_heldout(data / "heldout", seed)
     return stores, heldout
 
@@ -166,6 +176,7 @@ def run_cmd(
     songs: int = typer.Option(RUN_SONGS, "--songs", min=1, help="Practice songs per contributor."),
     seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0, help="Song length (s)."),
     split: str = typer.Option("per-kit", help="per-kit (non-IID) or iid."),
+    font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
     strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
     mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
     head: str = typer.Option("single", help="single (softmax) or multi (a sigmoid per class: "
@@ -199,7 +210,7 @@ def run_cmd(
     from .federation import simulate
 
     t0 = time.perf_counter()
-    stores, heldout = _stores(data, contributors, songs, seconds, seed, split)
+    stores, heldout = _stores(data, contributors, songs, seconds, seed, split, font_kits)
     console.print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(stores)} contributors, "
                   f"held-out store {heldout}", highlight=False)
     settings = RunSettings(num_rounds=rounds, local_epochs=local_epochs, seed=seed,
@@ -234,6 +245,7 @@ def baseline_cmd(
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
     head: str = typer.Option("single", help="As for `run`."),
     pooling: str = typer.Option("avg", help="As for `run`."),
+    font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
     """Centralised reference: pool every contributor's samples, train rounds x local-epochs
@@ -243,7 +255,7 @@ def baseline_cmd(
 
     from .baseline import train_baseline
 
-    stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit")
+    stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit", font_kits)
     cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head))
     cfg.batch_size = batch_size or cfg.batch_size
     metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out,
@@ -284,6 +296,8 @@ def crossval_cmd(
     drop_shared: bool = typer.Option(False, "--drop-shared/--keep-shared", help="Train only on "
                                      "hits not struck together with another class."),
     kit: list[str] = typer.Option(None, "--kit", help="Use only these kits (repeatable)."),
+    font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help="Also train on "
+                                   "the SoundFont drum kits (DATA/font-kits; they never test)."),
     fold: list[int] = typer.Option(None, "--fold", help="Run only this fold (1-based, repeatable)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON."),
@@ -312,7 +326,8 @@ def crossval_cmd(
     cfg = cv.CrossvalConfig(folds=folds, seed=data_seed, data=str(data), songs=songs, seconds=seconds,
                             isolated_per_class=isolated, max_per_class=max_per_class,
                             drop_shared=drop_shared, pooling=check_pooling(pooling),
-                            kits=list(kit or []), only_folds=list(fold or []))
+                            kits=list(kit or []), only_folds=list(fold or []),
+                            font_kits=font_kits)
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "
                   f"{label_smoothing}, {head} head, {pooling} pooling", highlight=False)

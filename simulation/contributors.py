@@ -28,8 +28,9 @@ from beatsight.common.atomic import atomic_write_text
 from beatsight.common.bsm import read_bsm, write_bsm
 from beatsight.common.errors import BeatSightError
 
-from .kits import Kit, find_kits
+from .kits import Kit, find_kits, parse_kit
 from .render import write_isolated, write_song
+from .soundfonts import FONT_KITS_DIR, build_font_kits
 
 # The fixed default split. Held-out: two acoustic kits and one electronic kit that together
 # cover every class except china (only ForzeeStereo has one, so it trains). Hand-percussion
@@ -259,8 +260,12 @@ def build_federation(out_dir: str | Path, n_contributors: int = DEFAULT_CONTRIBU
                      seed: int = 0, songs_per_contributor: int = DEFAULT_SONGS,
                      song_seconds: float = DEFAULT_SECONDS, split: str = "per-kit",
                      kits_root: str | Path | None = None, progress: bool = True,
-                     contributor_kits: Sequence[str] | None = None) -> list[Path]:
+                     contributor_kits: Sequence[str] | None = None,
+                     font_kits: bool = False) -> list[Path]:
     """Build (or reuse) one sample store per contributor; returns the store dirs in order.
+
+    font_kits: the SoundFont kits (`simulation.soundfonts`, rendered into OUT/font-kits) join
+    the contributors' kits, dealt after the Hydrogen ones; they never reach the held-out store.
 
     per-kit: contributor i owns kits i, i+n, ... of CONTRIBUTOR_KITS and renders its own songs
     (non-IID, as real contributors are). iid: the very same songs are rendered into a pool and
@@ -272,6 +277,8 @@ def build_federation(out_dir: str | Path, n_contributors: int = DEFAULT_CONTRIBU
         raise BeatSightError("need at least one song of positive length per contributor")
     out = Path(out_dir)
     train, _ = split_kits(find_kits(kits_root), contributor_kits)
+    if font_kits:
+        train = train + [parse_kit(d) for d in build_font_kits(out / FONT_KITS_DIR)]
     owned = assign_kits(n_contributors, train)
     jobs = [contributor_jobs(i, kits, seed, songs_per_contributor, song_seconds)
             for i, kits in enumerate(owned)]

@@ -43,7 +43,8 @@ from .contributors import (
     _song_seed,
     songs_dir,
 )
-from .kits import Kit, find_kits
+from .kits import Kit, find_kits, parse_kit
+from .soundfonts import FONT_KITS_DIR, build_font_kits
 
 DEFAULT_DATA = Path("runs/crossval-data")
 DEFAULT_FOLDS = 4
@@ -263,6 +264,7 @@ class CrossvalConfig:
     drop_shared: bool = False         # train only on hits that do not share their onset
     pooling: str = "avg"              # the CNN's global pooling (common.model.POOLINGS)
     kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
+    font_kits: bool = False           # SoundFont kits (DATA/font-kits) train in every fold
     only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
 
     def to_dict(self) -> dict:
@@ -283,6 +285,10 @@ def prepare(cfg: CrossvalConfig, kits_root: str | Path | None = None, progress: 
     for k in usable:
         by_family.setdefault(k.family, []).append(k.key)
     folds = assign_folds(by_family, cfg.folds, cfg.seed)
+    if cfg.font_kits:
+        extra, _ = usable_kits([parse_kit(d) for d in
+                                build_font_kits(Path(cfg.data) / FONT_KITS_DIR)])
+        usable = usable + extra       # in no fold: they train in every fold and never test
     data = {}
     for k in usable:
         store = build_kit_store(cfg.data, k, cfg.seed, cfg.songs, cfg.seconds,

@@ -3,6 +3,8 @@
 - `kits_root` (session): Path of the Hydrogen kits (env BEATSIGHT_KITS_DIR, else
   /usr/share/hydrogen/data/drumkits). Missing kits FAIL the test when env CI=true (CI installs
   them, so silence would hide a broken set-up) and skip it otherwise, saying how to install.
+- `soundfonts` (session): fluidsynth and the SoundFont packages of `simulation.soundfonts`;
+  missing ones fail under CI=true and skip otherwise, like the kits.
 - `small_kit` (session): `simulation.kits.Kit` of SMALL_KIT (Millo_MultiLayered3: 1 MB,
   multi-layer, kick/snare/hi-hats/toms/ride/crash), fast to render.
 - `rendered_song` (session): `RenderedSong(wav, bsm, kit, seed)`: a ~4 s groove from
@@ -44,6 +46,21 @@ def kits_root() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def soundfonts() -> None:
+    """The SoundFont kits' packages (fluidsynth + fonts): fail in CI, skip elsewhere, if absent."""
+    import shutil
+
+    from beatsight.simulation.soundfonts import FONT_KITS, INSTALL_HINT, SF2_DIR
+
+    missing = sorted({k.font for k in FONT_KITS if not (SF2_DIR / k.font).is_file()})
+    if missing or shutil.which("fluidsynth") is None:
+        msg = f"SoundFont kits unavailable ({', '.join(missing) or 'no fluidsynth'}); {INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")

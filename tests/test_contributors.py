@@ -113,3 +113,20 @@ def test_heldout_store_covers_its_kits_classes(tmp_path):
     assert set(counts) == set(CLASSES) - {"china"}
     assert counts == dict(_rendered(store))
     assert contributor_kits(store) == sorted(HELDOUT_KITS)
+
+
+@pytest.mark.slow
+def test_soundfont_kits_join_the_contributors_never_the_heldout(tmp_path, soundfonts):
+    from beatsight.simulation.soundfonts import FONT_KITS
+
+    stores = build_federation(tmp_path, 2, seed=3, songs_per_contributor=1, song_seconds=3.0,
+                              contributor_kits=SMALL, progress=False, font_kits=True)
+    owned = [set(contributor_kits(s)) for s in stores]
+    fonts = {k.key for k in FONT_KITS}
+    assert owned[0] | owned[1] == set(SMALL) | fonts and not owned[0] & owned[1]
+    assert all(o & set(SMALL) for o in owned)                 # Hydrogen kits are dealt first
+    for store, kits in zip(stores, owned, strict=True):
+        sources = {p.name for p in songs_dir(store).glob("soundcheck-*.wav")}
+        assert len(sources) == len(kits)                        # a sound check of every kit
+        assert sum(class_counts(store).values()) > 0
+    assert (tmp_path / "font-kits" / "FluidR3 Standard" / "drumkit.xml").is_file()

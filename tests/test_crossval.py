@@ -181,3 +181,22 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
             assert 0.0 <= r["pooled"][sub][key] <= 1.0
     assert r["train"]["augment"][0] == "time_shift" and r["train"]["epochs"] == 1
     assert seconds < 120, f"smoke test took {seconds:.0f} s"  # ~20 s on a quiet machine
+
+
+@pytest.mark.slow
+@pytest.mark.needs_kits
+def test_soundfont_kits_train_in_every_fold_and_never_test(kits_root: Path, tmp_path: Path,
+                                                          soundfonts: None) -> None:
+    from beatsight.simulation.crossval import CrossvalConfig, prepare
+    from beatsight.simulation.soundfonts import FONT_KITS
+
+    small = ["Millo_MultiLayered3", "HardElectro1"]
+    cfg = CrossvalConfig(folds=2, data=str(tmp_path), songs=1, seconds=3.0,
+                         isolated_per_class=1, kits=small, font_kits=True)
+    data, folds, _ = prepare(cfg, kits_root, progress=False)
+    fonts = {k.key for k in FONT_KITS}
+    assert sorted(k for f in folds for k in f) == sorted(small)
+    assert set(data) == set(small) | fonts
+    cfg_train = TrainConfig(epochs=1, batch_size=64, early_stopping_patience=0, augment=[])
+    rec, _ = run_fold(1, folds[0], data, cfg_train, max_per_class=2, progress=False)
+    assert fonts <= set(rec["train_kits"]) and not fonts & set(rec["heldout"])

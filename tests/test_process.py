@@ -351,6 +351,15 @@ def test_cnn_precisions_agree_with_float32():
     with torch.no_grad():
         plain = torch.softmax(model(torch.from_numpy(patches(audio, onsets))), dim=1).numpy()
     np.testing.assert_allclose(ref, plain, atol=1e-5)
+    # the traced oneDNN graph and the zero-padded last CNN piece change nothing either
+    from beatsight.common.inference import _GraphNet
+
+    graph = CnnPredictor(model, precision="fp32", batch_size=13)
+    assert isinstance(graph.net, _GraphNet)
+    eager = CnnPredictor(model, precision="fp32", batch_size=13, graph=False)
+    assert not isinstance(eager.net, _GraphNet)
+    np.testing.assert_allclose(graph.predict(audio, onsets), plain, atol=1e-5)
+    np.testing.assert_allclose(eager.predict(audio, onsets), plain, atol=1e-5)
     for precision, tol in (("bf16", 0.03), ("int8", 0.06)):
         got = CnnPredictor(model, precision=precision, batch_size=8).predict(audio, onsets)
         assert np.abs(got - ref).max() < tol, precision
