@@ -9,8 +9,9 @@ downstream (`simulation.kits.parse_kit`, the renders, the contributors) reads th
 
 These kits only ever *train*: the held-out kits of the federation and the crossval folds stay
 Hydrogen kits, so every quality number is still on kits nobody trained on. AVL's Black Pearl
-is left out: Hydrogen's "The Black Pearl 1.0" is the same drummer's recording of the same kit
-and is held out.
+is left out: it is Glen MacArthur's sampling of the same Pearl kit as Hydrogen's held-out "The
+Black Pearl 1.0" (same author; the recordings' waveforms do not match, so a leak could not be
+ruled out or in by the duplicate check below).
 """
 
 from __future__ import annotations
