@@ -21,9 +21,9 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import numpy as np
 import soundfile as sf
@@ -37,6 +37,7 @@ INSTALL_HINT = "install them with: sudo apt-get install fluidsynth fluid-soundfo
                "avldrums.lv2-soundfont"
 FORMAT_VERSION = 1
 FONT_KITS_DIR = "font-kits"       # where a data root keeps its rendered SoundFont kits
+HYDROGEN_NS = "http://www.hydrogen-music.org/drumkit"
 
 
 @dataclass(frozen=True)
@@ -123,19 +124,30 @@ def _render(kit: FontKit, font: Path, workdir: Path) -> np.ndarray:
 
 def _drumkit_xml(kit: FontKit, instruments: list[tuple[str, list[tuple[str, float, float]]]]
                  ) -> str:
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             '<drumkit_info xmlns="http://www.hydrogen-music.org/drumkit">',
-             f"  <name>{escape(kit.key)}</name>", f"  <license>{escape(kit.license)}</license>",
-             "  <instrumentList>"]
+    """Hydrogen's drumkit.xml for `instruments`: (name, [(file, min velocity, max velocity)])."""
+    ET.register_namespace("", HYDROGEN_NS)
+    root = ET.Element(f"{{{HYDROGEN_NS}}}drumkit_info")
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{HYDROGEN_NS}}}{tag}")
+        el.text = text
+        return el
+
+    sub(root, "name", kit.key)
+    sub(root, "license", kit.license)
+    inst_list = sub(root, "instrumentList")
     for i, (name, layers) in enumerate(instruments):
-        lines += ["    <instrument>", f"      <id>{i}</id>", f"      <name>{escape(name)}</name>"]
+        inst = sub(inst_list, "instrument")
+        sub(inst, "id", str(i))
+        sub(inst, "name", name)
         for fname, lo, hi in layers:
-            lines += ["      <layer>", f"        <filename>{escape(fname)}</filename>",
-                      f"        <min>{lo:.3f}</min>", f"        <max>{hi:.3f}</max>",
-                      "        <gain>1</gain>", "      </layer>"]
-        lines.append("    </instrument>")
-    lines += ["  </instrumentList>", "</drumkit_info>", ""]
-    return "\n".join(lines)
+            layer = sub(inst, "layer")
+            sub(layer, "filename", fname)
+            sub(layer, "min", f"{lo:.3f}")
+            sub(layer, "max", f"{hi:.3f}")
+            sub(layer, "gain", "1")
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 FINGERPRINT_S = 0.5
