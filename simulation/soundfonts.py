@@ -184,30 +184,8 @@ def _pieces(kit: FontKit, font: Path, workdir: Path) -> list[tuple[int, str, lis
     return pieces
 
 
-def build_font_kits(out: str | Path, fonts_dir: Path = SF2_DIR) -> list[Path]:
-    """Render every kit of `FONT_KITS` into `out/<key>/`; returns the kit directories.
-
-    GM kits of one font share many recordings (Fluid R3's eight kits have one crash), so a kit
-    piece whose loudest render is the same recording as a piece already written (correlation
-    above SAME_SAMPLE) is left out, so each recording trains once; except the main kick and
-    snare (GROOVE_PIECES), without which a kit renders no groove. Cached: a finished `out` with the
-    same format and fonts is reused."""
-    out = Path(out)
-    fonts = sorted({k.font for k in FONT_KITS})
-    for f in fonts:
-        if not (fonts_dir / f).is_file():
-            raise BeatSightError(f"{fonts_dir / f}: SoundFont not found; {INSTALL_HINT}")
-    stamp = {"format": FORMAT_VERSION, "velocities": list(VELOCITIES),
-             "kits": [[k.key, k.font, k.bank, k.program] for k in FONT_KITS],
-             "font_bytes": {f: (fonts_dir / f).stat().st_size for f in fonts}}
-    done = out / "beatsight-fonts.json"
-    dirs = [out / k.key for k in FONT_KITS]
-    if done.is_file() and json.loads(done.read_text()) == stamp:
-        return dirs
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+def _write_kits(work: Path, fonts_dir: Path) -> None:
+    """Every kit of FONT_KITS as a Hydrogen kit under `work`, each recording written once."""
     bounds = np.concatenate([[0.0], (np.array(VELOCITIES[:-1]) + np.array(VELOCITIES[1:]))
                              / 2 / 127, [1.0]])
     seen: list[np.ndarray] = []
@@ -232,6 +210,37 @@ def build_font_kits(out: str | Path, fonts_dir: Path = SF2_DIR) -> list[Path]:
         for tmp in ("kit.mid", "kit.wav"):
             (kit_dir / tmp).unlink(missing_ok=True)
         atomic_write_text(kit_dir / "drumkit.xml", _drumkit_xml(kit, instruments))
-    atomic_write_text(work / done.name, json.dumps(stamp))
-    work.rename(out)
+
+
+def build_font_kits(out: str | Path, fonts_dir: Path = SF2_DIR) -> list[Path]:
+    """Render every kit of `FONT_KITS` into `out/<key>/`; returns the kit directories.
+
+    GM kits of one font share many recordings (Fluid R3's eight kits have one crash), so a kit
+    piece whose loudest render is the same recording as a piece already written (correlation
+    above SAME_SAMPLE) is left out, so each recording trains once; except the main kick and
+    snare (GROOVE_PIECES), without which a kit renders no groove. Cached: a finished `out` with the
+    same format and fonts is reused."""
+    out = Path(out)
+    fonts = sorted({k.font for k in FONT_KITS})
+    for f in fonts:
+        if not (fonts_dir / f).is_file():
+            raise BeatSightError(f"{fonts_dir / f}: SoundFont not found; {INSTALL_HINT}")
+    stamp = {"format": FORMAT_VERSION, "velocities": list(VELOCITIES),
+             "kits": [[k.key, k.font, k.bank, k.program] for k in FONT_KITS],
+             "font_bytes": {f: (fonts_dir / f).stat().st_size for f in fonts}}
+    done = out / "beatsight-fonts.json"
+    dirs = [out / k.key for k in FONT_KITS]
+    if done.is_file() and json.loads(done.read_text()) == stamp:
+        return dirs
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        _write_kits(work, fonts_dir)
+        atomic_write_text(work / done.name, json.dumps(stamp))
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)    # a failed build leaves nothing behind
+        raise
     return dirs

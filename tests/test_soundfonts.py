@@ -79,3 +79,11 @@ def test_build_is_cached(font_kits: list[Path]) -> None:
 def test_missing_font_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BeatSightError, match="SoundFont not found.*apt-get install"):
         build_font_kits(tmp_path / "kits", fonts_dir=tmp_path)
+
+
+def test_missing_fluidsynth_is_one_clear_error(tmp_path: Path, soundfonts: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))          # the fonts are there, fluidsynth is not
+    with pytest.raises(BeatSightError, match="fluidsynth not found.*apt-get install"):
+        build_font_kits(tmp_path / "kits")
+    assert [p.name for p in tmp_path.iterdir()] == []     # nothing half-built left behind
