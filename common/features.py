@@ -88,6 +88,18 @@ def _hann(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
+def _rfft(x: np.ndarray) -> np.ndarray:
+    """rfft on every core; in the calling thread if scipy's pool is down. The pool shuts down
+    while another thread forks (Ray starting its workers beside Flower's server thread) and
+    refuses work until the fork is over: seen once in tests/test_federation.py."""
+    try:
+        return scipy.fft.rfft(x, axis=-1, workers=-1)
+    except RuntimeError as exc:
+        if "after shutdown" not in str(exc):
+            raise
+        return scipy.fft.rfft(x, axis=-1, workers=1)
+
+
 def windows_to_patches(
     windows: np.ndarray, settings: FeatureSettings = DEFAULT_SETTINGS, chunk: int = 8
 ) -> np.ndarray:
@@ -104,7 +116,7 @@ def windows_to_patches(
     for i in range(0, n, chunk):
         x = np.pad(np.asarray(windows[i:i + chunk], np.float32), ((0, 0), (half, half)))
         frames = sliding_window_view(x, settings.n_fft, axis=1)[:, :: settings.hop]
-        spec = scipy.fft.rfft(frames[:, : settings.frames] * hann, axis=-1, workers=-1)
+        spec = _rfft(frames[:, : settings.frames] * hann)
         power = np.square(spec.real[..., :n_bins]) + np.square(spec.imag[..., :n_bins])
         # torch for the GEMM: numpy's OpenBLAS pool deadlocked when called from Flower's server
         # thread inside a Ray simulation (seen here, twice); torch's pool has no such problem.

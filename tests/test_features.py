@@ -87,3 +87,24 @@ def test_librosa_per_window_matches():
     ours = windows_to_patches(windows)
     for w, p in zip(windows, ours, strict=True):
         np.testing.assert_allclose(original.original_patch(w), p, atol=2e-3)
+
+
+def test_patches_survive_scipys_fft_pool_being_down(monkeypatch):
+    """While another thread forks (Ray starting beside Flower's server thread), scipy's FFT pool
+    refuses work; the patches are then computed in the calling thread, the same values."""
+    import scipy.fft
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, DEFAULT_SETTINGS.window_samples)).astype(np.float32)
+    expected = windows_to_patches(w)
+    real, calls = scipy.fft.rfft, []
+
+    def pool_down(x, axis=-1, workers=None):
+        calls.append(workers)
+        if workers != 1:
+            raise RuntimeError("Work item submitted after shutdown")
+        return real(x, axis=axis, workers=workers)
+
+    monkeypatch.setattr(scipy.fft, "rfft", pool_down)
+    np.testing.assert_array_equal(windows_to_patches(w), expected)
+    assert calls == [-1, 1]
