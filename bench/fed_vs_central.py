@@ -40,9 +40,10 @@ LAST = 3  # rounds / epochs averaged for the comparison
 def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_size: int,
               augment: str, out: Path, mu: float = 0.0) -> list[dict]:
     settings = RunSettings(num_rounds=rounds, heldout=str(heldout), out_dir=str(out), seed=seed,
-                           threads=1, min_nodes=len(stores), batch_size=batch_size, augment=augment,
+                           threads=1, min_nodes=len(stores), fraction_evaluate=0.0,
+                           batch_size=batch_size, augment=augment,
                            strategy="fedprox" if mu > 0 else "fedavg", proximal_mu=mu)
-    simulate_in_process(settings, stores, evaluate=False)
+    simulate_in_process(settings, stores)
     rounds_ = json.loads((out / "history.json").read_text())["rounds"]
     return [r["heldout"] for r in rounds_ if r.get("round", 1) >= 1]
 

@@ -41,9 +41,9 @@ def main(out: Path = typer.Option(Path("runs/privacy"), "--out"),
         name = f"z={z:g}" + (f",clip={clip:g}" if z > 0 else "")
         settings = RunSettings(num_rounds=rounds, seed=seed, threads=2, heldout=str(data / "heldout"),
                                out_dir=str(out / name), dp_noise_multiplier=z, dp_clipping_norm=clip,
-                               dp_delta=delta)
+                               dp_delta=delta, fraction_evaluate=0.0)
         t0 = time.time()
-        simulate_in_process(settings, stores, evaluate=False)
+        simulate_in_process(settings, stores)
         hist = json.loads((out / name / "history.json").read_text())["rounds"]
         results[name] = {
             "accuracy": [round(r["heldout"]["accuracy"], 4) for r in hist],

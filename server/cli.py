@@ -168,7 +168,7 @@ def start(
         console.print(f"SuperLink (pid {proc.pid}) on https://{sl.client_address(host, port)}: TLS, "
                       f"contributor authentication on, {n} contributor(s) registered"
                       + (f" ({', '.join(synced)} just now)" if synced else "")
-                      + f"; log: {state.log}; Ctrl-C stops", highlight=False)
+                      + f"; log: {state.log}; Ctrl-C stops", highlight=False, soft_wrap=True)
         while proc.poll() is None:
             time.sleep(0.5)
         raise BeatSightError(f"the SuperLink exited with code {proc.returncode}; see {state.log}")

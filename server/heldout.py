@@ -14,7 +14,7 @@ from beatsight.common.model import DrumClassifierCNN, pooling_of
 class HeldOut:
     """Features are computed once; each round only runs inference."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
 
     @classmethod

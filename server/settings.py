@@ -23,6 +23,9 @@ class RunSettings:
 
     num_rounds: int = 8
     fraction_train: float = 1.0
+    # Contributors asked each round to report the global model's accuracy on their own data
+    # (informative only; the held-out evaluation is the server's). 0 saves a message per round.
+    fraction_evaluate: float = 1.0
     min_nodes: int = 2
     local_epochs: int = 1
     lr: float = 1e-3
@@ -71,6 +74,8 @@ class RunSettings:
             raise BeatSightError("num-rounds must be at least 1")
         if not 0.0 < self.fraction_train <= 1.0:
             raise BeatSightError("fraction-train must be in (0, 1]")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise BeatSightError("fraction-evaluate must be in [0, 1] (0: no local evaluation)")
         if self.min_nodes < 1:
             raise BeatSightError("min-nodes must be at least 1")
         if self.strategy not in ("fedavg", "fedprox"):

@@ -45,9 +45,10 @@ class RoundLogMixin:
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
 
-def make_strategy(settings: RunSettings, fraction_evaluate: float = 1.0) -> Strategy:
+def make_strategy(settings: RunSettings) -> Strategy:
     """The aggregation by name, with update screening, node deadlines and the round log; wrapped
     in Flower's client-side fixed-clipping DP when `dp-noise-multiplier` > 0 (server/privacy.py)."""
+    fraction_evaluate = settings.fraction_evaluate
     common = dict(
         fraction_train=settings.fraction_train,
         fraction_evaluate=fraction_evaluate,

@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -25,13 +25,11 @@ from beatsight.server.settings import RunSettings
 
 
 class InProcessGrid(Grid):
-    """Sends each message straight to `client_app` with that node's Context; replies in order.
-    With `evaluate=False`, contributors' local evaluation (informative only) is answered with an
-    error reply at once instead of being computed."""
+    """Sends each message straight to `client_app` with that node's Context; replies in order."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None,
-                 evaluate: bool = True) -> None:
-        self.client_app, self.num_nodes, self.evaluate = client_app, num_nodes, evaluate
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None
+                 ) -> None:
+        self.client_app, self.num_nodes = client_app, num_nodes
         self.run_config = dict(run_config or {})
         self.states = {node: RecordDict() for node in range(1, num_nodes + 1)}
 
@@ -59,10 +57,6 @@ class InProcessGrid(Grid):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            if not self.evaluate and msg.metadata.message_type == MessageType.EVALUATE:
-                replies.append(Message(Error(code=ErrorCode.UNKNOWN, reason="evaluation skipped"),
-                                       reply_to=msg))
-                continue
             ctx = Context(run_id=1, node_id=node, state=self.states[node], run_config=self.run_config,
                           node_config={"partition-id": node - 1, "num-partitions": self.num_nodes})
             replies.append(self.client_app(msg, ctx))
@@ -70,9 +64,9 @@ class InProcessGrid(Grid):
 
 
 def simulate_in_process(settings: RunSettings, data_dirs: list[Path],
-                        client_mods: list | None = None, evaluate: bool = True) -> dict:
+                        client_mods: list | None = None) -> dict:
     """Like `simulation.federation.simulate`, in this process; returns the last held-out metrics.
-    `evaluate=False` skips the contributors' local evaluation (the server's held-out one stays)."""
+    (`settings.fraction_evaluate = 0` skips the contributors' local evaluation, informative only.)"""
     settings.validate()
     client_app = make_client_app([str(p) for p in data_dirs], mods=client_mods)
     # Flower stamps instruction messages with the identity of the task that sends them; in a real
@@ -80,7 +74,7 @@ def simulate_in_process(settings: RunSettings, data_dirs: list[Path],
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     try:
-        run_federation(InProcessGrid(client_app, len(data_dirs), evaluate=evaluate), settings)
+        run_federation(InProcessGrid(client_app, len(data_dirs)), settings)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     hist = Path(settings.out_dir) / "history.json"

@@ -126,6 +126,9 @@ def test_run_config_keys_are_checked():
         RunSettings.from_run_config({"num-round": 3})
     with pytest.raises(BeatSightError, match="augment"):
         RunSettings.from_run_config({"augment": "pitchy"})
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(BeatSightError, match="fraction-evaluate"):
+            RunSettings.from_run_config({"fraction-evaluate": bad})
 
 
 def test_pyproject_app_config_matches_settings():

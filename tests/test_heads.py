@@ -157,16 +157,26 @@ def test_process_with_a_multi_head_model_writes_both_drums_of_a_shared_beat(stor
 def test_a_federation_trains_and_records_the_head_and_pooling_it_was_given(store, tmp_path
                                                                            ) -> None:
     """Real strategy and ClientApp in this process (simulation/inprocess.py), two contributors."""
+    from flwr.app import MessageType
+
     from beatsight.server.settings import RunSettings
     from beatsight.simulation.inprocess import simulate_in_process
 
     s, _ = store
     settings = RunSettings(num_rounds=1, min_nodes=2, head="multi", pooling="avgmax",
+                           fraction_evaluate=0.0,
                            heldout=str(s.root), out_dir=str(tmp_path / "run"), augment="")
-    final = simulate_in_process(settings, [s.root, s.root], evaluate=False)
+    kinds = []
+
+    def seen(msg, context, call_next):
+        kinds.append(msg.metadata.message_type)
+        return call_next(msg, context)
+
+    final = simulate_in_process(settings, [s.root, s.root], client_mods=[seen])
     assert final["num-examples"] == len(s.usable())
+    assert kinds == [MessageType.TRAIN] * 2  # fraction-evaluate 0: no local evaluation asked
     ckpt = read_checkpoint(tmp_path / "run" / "global_model.pth")
     assert (ckpt.head, ckpt.pooling) == ("multi", "avgmax")
     with pytest.raises(BeatSightError, match="has pooling 'avgmax', this run asks for 'avg'"):
         simulate_in_process(RunSettings(**{**settings.__dict__, "pooling": "avg", "resume": True,
-                                           "num_rounds": 2}), [s.root, s.root], evaluate=False)
+                                           "num_rounds": 2}), [s.root, s.root])

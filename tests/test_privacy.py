@@ -234,8 +234,9 @@ def test_dp_federation_clips_every_update_and_reports_epsilon(tmp_path, kits_roo
     clip, z = 1.0, 0.5
     settings = RunSettings(num_rounds=1, local_epochs=1, batch_size=32, min_nodes=3,
                            heldout=str(heldout), out_dir=str(tmp_path / "run"), seed=2,
-                           dp_noise_multiplier=z, dp_clipping_norm=clip, threads=2)
-    simulate_in_process(settings, stores, evaluate=False)
+                           dp_noise_multiplier=z, dp_clipping_norm=clip, threads=2,
+                           fraction_evaluate=0.0)
+    simulate_in_process(settings, stores)
     rounds = json.loads((tmp_path / "run" / "history.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]
     for r in rounds[1:]:

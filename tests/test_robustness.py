@@ -95,9 +95,10 @@ def run(name: str, root: Path, stores: list[Path], heldout: Path, flipped: Path,
         mods = [ScaledUpdate(partition=0, factor=10.0)]  # outside the cache: scales its reply
     mods.append(cache.mod(dirs))
     settings = RunSettings(num_rounds=1, local_epochs=2, min_nodes=4, lr=2e-3, seed=1, threads=2,
+                           fraction_evaluate=0.0,
                            aggregation=aggregation, heldout=str(heldout), out_dir=str(root / name))
     t0 = time.time()
-    metrics = simulate_in_process(settings, dirs, client_mods=mods, evaluate=False)
+    metrics = simulate_in_process(settings, dirs, client_mods=mods)
     rounds = json.loads((root / name / "history.json").read_text())["rounds"]
     rejected = [{"round": r["round"], "node": p["node"], "error": p["error"]}
                 for r in rounds for p in r.get("participants", []) if "error" in p]

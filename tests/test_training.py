@@ -198,3 +198,24 @@ def test_label_smoothing_and_balanced_sampling_change_training(data) -> None:
         assert p[y == c].sum() == pytest.approx(1 / 3)
     with pytest.raises(BeatSightError, match="shuffle or balanced"):
         fit(new_model(0), train, _cfg(sampling="oversample"), progress=False)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_predict_logits_matches_a_plain_forward_and_leaves_the_model_as_it_was(channels_last
+                                                                               ) -> None:
+    """Evaluation runs channels_last in small pieces on a CPU (fast); the logits are those of a
+    plain forward pass, and the model keeps its layout and train/eval mode."""
+    from beatsight.client.evaluation import _uses_channels_last, predict_logits
+
+    model = new_model(3)
+    model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    X = np.random.default_rng(0).random((21, 1, 128, 128)).astype(np.float16)  # not a multiple of 8
+    assert _uses_channels_last(model) is channels_last
+    got = predict_logits(model, X)
+    assert model.training and _uses_channels_last(model) is channels_last
+    model.eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(X.astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
