@@ -126,3 +126,21 @@ def test_second_round_reference_with_float_counters_accepts_normal_replies():
         replies.append(reply(i, st))
     arrays, _ = s.aggregate_train(2, replies)
     assert s.rejected == [] and arrays is not None
+
+
+def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():
+    """Contributors finish in any order and Flower draws new node ids every run; the aggregate
+    must come out bit for bit the same so a seeded run repeats."""
+    import itertools
+
+    states = [honest(20 + i, scale=10.0 ** -i) for i in range(4)]  # magnitudes that round apart
+    sizes = [333, 440, 463, 386]
+    outs = []
+    for perm in itertools.permutations(range(4)):
+        s = strategy()
+        arrays, _ = s.aggregate_train(2, [reply(100 + j, states[i], n=sizes[i])
+                                          for j, i in enumerate(perm)])
+        outs.append(arrays.to_torch_state_dict())
+    for out in outs[1:]:
+        for k, v in outs[0].items():
+            assert torch.equal(out[k], v), k
