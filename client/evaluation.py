@@ -32,8 +32,8 @@ def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int | None = Non
     """Logits (N, classes) in eval mode; the model's train/eval mode and memory format are kept.
 
     On a CPU the model runs channels_last, CNN_BATCH patches at a time, as `process` does: the
-    activations then stay in cache. Measured on 1,520 held-out patches, 2 threads: 2.7 s against
-    16 s for contiguous batches of 256, the same logits to 2e-8. GPUs get batches of 256.
+    activations then stay in cache. bench/bench_heldout.py, 1,520 held-out patches, 2 threads:
+    4.5x faster than contiguous batches of 256, the same logits to 1e-8. GPUs get batches of 256.
     """
     was_training, device = model.training, next(model.parameters()).device
     cpu = device.type == "cpu"

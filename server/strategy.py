@@ -30,14 +30,15 @@ def canonical_order(replies: Iterable[Message]) -> list[Message]:
     the same seed parted at round 2 (held-out 0.272 vs 0.259) after two replies swapped places.
     Node ids cannot be the key: Flower draws new ones every run."""
 
-    def key(msg: Message) -> tuple[int, str]:
+    def key(msg: Message) -> tuple[int, str, str]:
         if msg.has_error():
-            return 1, str(msg.metadata.src_node_id)
+            return 1, str(msg.metadata.src_node_id), ""
         h = hashlib.sha256()
         for name, rec in sorted(msg.content.array_records.items()):
             for k, arr in rec.items():
                 h.update(name.encode() + k.encode() + arr.data)
-        return 0, h.hexdigest()
+        metrics = {n: sorted(r.items()) for n, r in msg.content.metric_records.items()}
+        return 0, h.hexdigest(), repr(sorted(metrics.items()))  # equal weights, other counts
 
     return sorted(replies, key=key)
 
