@@ -14,8 +14,8 @@ from beatsight.common.model import DrumClassifierCNN, pooling_of
 class HeldOut:
     """Features are computed once; each round only runs inference."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
 
     @classmethod
     def from_store(cls, path: str) -> HeldOut:
@@ -25,7 +25,7 @@ class HeldOut:
     def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
         model = DrumClassifierCNN(pooling=pooling_of(state_dict))
         model.load_state_dict(state_dict)
-        res = evaluate(model, self.x, self.y, batch_size=self.batch_size)
+        res = evaluate(model, self.x, self.y)  # evaluation picks the batch for the device
         flat = {"accuracy": float(res["accuracy"]), "macro_f1": float(res["macro_f1"]),
                 "loss": float(res["loss"]), "num-examples": int(len(self.y))}
         flat.update({f"f1-{c}": float(r["f1-score"]) for c, r in res["per_class"].items()
