@@ -34,27 +34,38 @@ def main() -> None:
     ap.add_argument("--songs", type=int, default=2, help="grooves per held-out kit")
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--seed", type=int, default=1000, help="render seed (not a training seed)")
+    ap.add_argument("--kit", action="append", default=None,
+                    help="render these kits instead of the held-out ones (repeatable): a dev set "
+                         "of kits the model never heard, to choose settings on without "
+                         "touching the held-out kits")
+    ap.add_argument("--no-templates", dest="templates", action="store_false",
+                    help="ignore the model's drum-family templates (the classifier decides)")
     args = ap.parse_args()
     if args.model is None and not args.heuristic:
         ap.error("give --model M.pth or --heuristic")
 
+    kits = args.kit or list(HELDOUT_KITS)
     per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as tmp:
-        for k, kit_key in enumerate(HELDOUT_KITS):
+        for k, kit_key in enumerate(kits):
             for s in range(args.songs):
                 wav, bsm = write_song(Path(tmp), f"{k}-{s}", get_kit(kit_key),
                                       args.seed + 10 * k + s, duration_s=args.seconds)
                 est = Path(tmp) / f"{k}-{s}.est.bsm"
-                process_file(wav, est, ProcessOptions(), None if args.heuristic else args.model)
+                process_file(wav, est, ProcessOptions(templates=args.templates),
+                             None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))
                 per["onsets"]["any"].append(ev.onsets.f)
                 for view in ("3-class", "5-class"):
                     for cls, sc in ev.views[view].items():
                         per[view][cls].append(sc.f)
-                print(f"{kit_key} song {s}: 3-class mean F {ev.mean_f('3-class'):.3f}", flush=True)
+                row = ", ".join(f"{c} {sc.f:.3f}" for c, sc in ev.views["3-class"].items())
+                print(f"{kit_key} song {s}: 3-class mean F {ev.mean_f('3-class'):.3f} ({row})",
+                      flush=True)
     what = "heuristic" if args.heuristic else str(args.model)
-    print(f"\n{what}: mean F-measure over {len(HELDOUT_KITS) * args.songs} held-out renders "
-          f"({', '.join(HELDOUT_KITS)})")
+    which = "held-out" if kits == list(HELDOUT_KITS) else "dev"
+    print(f"\n{what}: mean F-measure over {len(kits) * args.songs} {which} renders "
+          f"({', '.join(kits)})")
     for view, classes in per.items():
         row = ", ".join(f"{c} {np.mean(v):.3f}" for c, v in classes.items())
         print(f"  {view}: {row}")

@@ -27,6 +27,7 @@ from beatsight.common.augment import make_augment
 from beatsight.common.classes import NUM_CLASSES
 from beatsight.common.errors import BeatSightError
 from beatsight.common.model import DrumClassifierCNN, check_head, resolve_device
+from beatsight.common.templates import family_templates
 
 from .dataset import FeatureSet, one_hot
 from .evaluation import evaluate, to_input
@@ -115,6 +116,13 @@ def new_model(seed: int = 0, pooling: str = "avg") -> DrumClassifierCNN:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DrumClassifierCNN(pooling=pooling)
+
+
+def set_templates(model: nn.Module, fs: FeatureSet) -> None:
+    """Store the training data's drum-family templates in the model (`common.templates`)."""
+    t = family_templates(fs.windows, fs.y, fs.settings.pre_samples, fs.targets)
+    with torch.no_grad():
+        model.templates.copy_(torch.from_numpy(t))
 
 
 def class_weights(y: np.ndarray) -> torch.Tensor:
@@ -245,6 +253,8 @@ def fit(
     if augment is not None and train.fs is None:
         raise BeatSightError("augmentation needs the raw windows: pass a FeatureSet "
                              "(SampleStore.feature_set()), not (X, y) arrays")
+    if train.fs is not None:
+        set_templates(model, train.fs)
     device = resolve_device(cfg.device)
     old_threads = torch.get_num_threads()
     if cfg.num_threads:

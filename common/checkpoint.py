@@ -130,8 +130,10 @@ def build_model(
                 if expect_features.to_dict().get(k) != v}
         raise BeatSightError(f"{source}: model was trained with other feature settings {diff}")
     model = DrumClassifierCNN(num_classes=len(ckpt.classes), pooling=ckpt.pooling)
+    state = dict(ckpt.state_dict)
+    state.setdefault("templates", model.templates)      # the original's bare state_dict has none
     try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]

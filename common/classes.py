@@ -37,6 +37,18 @@ MERGED_CLASSES: tuple[str, ...] = tuple(c for c in CLASSES if c not in MERGED_VI
 MERGED_INDEX: tuple[int, ...] = tuple(MERGED_CLASSES.index(MERGED_VIEW.get(c, c)) for c in CLASSES)
 
 
+# Drum families: the 5-class view of `evaluate-map`, and what `process` reports at most one
+# class of per onset. The one place this grouping lives.
+FAMILIES: tuple[str, ...] = ("kick", "snare", "hihat", "toms", "cymbals")
+FAMILY: dict[str, str] = {
+    "kick": "kick", "snare": "snare", "hihat_closed": "hihat", "hihat_open": "hihat",
+    "crash": "cymbals", "ride": "cymbals", "tom_high": "toms", "tom_mid": "toms",
+    "tom_low": "toms", "crash2": "cymbals", "ride_bell": "cymbals", "china": "cymbals",
+}
+# For each of the 12 class indices, its index in FAMILIES.
+FAMILY_INDEX: tuple[int, ...] = tuple(FAMILIES.index(FAMILY[c]) for c in CLASSES)
+
+
 def merge_labels(y: Sequence[int]) -> list[int]:
     """12-class indices -> indices into MERGED_CLASSES (crash2 -> crash, ride_bell -> ride)."""
     return [MERGED_INDEX[int(i)] for i in y]

@@ -37,6 +37,10 @@ def model_info(model: Path | None = typer.Argument(None, help="Checkpoint to ins
     typer.echo(f"classes: {', '.join(ckpt.classes)}")
     typer.echo(f"head: {ckpt.head} ({'a sigmoid per class' if ckpt.head == 'multi' else 'softmax'})"
                f", pooling: {ckpt.pooling}")
+    from .templates import usable
+
+    typer.echo("drum-family templates: " + ("yes (process finds kick, snare and hi-hat with them)"
+                                            if usable(net.templates.numpy()) else "none"))
     for k, v in ckpt.metrics.items():
         typer.echo(f"{k}: {v}")
 
@@ -67,6 +71,10 @@ def process(
                                            "drum family's class when the CNN gives it this "
                                            "probability [default: 0.25 for a softmax model, "
                                            "0.5 for a multi-label one].", show_default=False),
+    templates: bool = typer.Option(True, "--templates/--no-templates", help="Find kick, snare "
+                                   "and hi-hat with the model's drum-family spectral templates "
+                                   "(NMF), each on its own, where the model has them; "
+                                   "--no-templates: the classifier and band checks decide."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
@@ -93,7 +101,7 @@ def process(
                              f"{', '.join(QUANTIZATIONS)}")
     opts = ProcessOptions(confidence=confidence, sensitivity=sensitivity,
                           quantization=quantization, max_snap_ms=max_snap_ms,
-                          secondary=secondary, band_checks=band_checks, device=device,
+                          secondary=secondary, band_checks=band_checks, templates=templates, device=device,
                           precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:

@@ -143,6 +143,7 @@ class CnnPredictor:
                  batch_size: int = BATCH, head: str = "single", graph: bool = True) -> None:
         self.device = device or torch.device("cpu")
         self.head = check_head(head)
+        self.templates = model.templates.detach().cpu().numpy().copy()   # common.templates
         self.settings = settings
         self.batch_size = batch_size
         cpu = self.device.type == "cpu"

@@ -23,17 +23,11 @@ import mir_eval
 import numpy as np
 
 from .bsm import hits
-from .classes import CLASSES, canonical_component
+from .classes import CLASSES, FAMILIES, FAMILY, canonical_component
 
 VIEWS: dict[str, dict[str, tuple[str, ...]]] = {
     "12-class": {c: (c,) for c in CLASSES},
-    "5-class": {
-        "kick": ("kick",),
-        "snare": ("snare",),
-        "hihat": ("hihat_closed", "hihat_open"),
-        "toms": ("tom_high", "tom_mid", "tom_low"),
-        "cymbals": ("crash", "crash2", "ride", "ride_bell", "china"),
-    },
+    "5-class": {f: tuple(c for c in CLASSES if FAMILY[c] == f) for f in FAMILIES},
     "3-class": {
         "kick": ("kick",),
         "snare": ("snare",),

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import heuristic, quantize
+from . import heuristic, quantize, templates
 from .audio import SAMPLE_RATE, load_audio
 from .bsm import Hit, new_beatmap, write_bsm
-from .classes import CLASSES
+from .classes import CLASSES, FAMILIES, FAMILY_INDEX
 from .errors import BeatSightError
 from .model import SECONDARY_THRESHOLD
 from .onsets import DEFAULT_ONSETS, envelope, frames_to_times, pick_peaks
@@ -35,13 +35,7 @@ ENV_USE_ML = "BEATSIGHT_USE_ML_CLASSIFIER"
 DEFAULT_MODEL = Path("models/best_drum_classifier.pth")
 FEATURE_CHUNK = 2048            # onsets per batch of heuristic windows (bounded memory)
 
-FAMILY: dict[str, str] = {
-    "kick": "kick", "snare": "snare", "hihat_closed": "hihat", "hihat_open": "hihat",
-    "tom_high": "toms", "tom_mid": "toms", "tom_low": "toms", "crash": "cymbals",
-    "crash2": "cymbals", "ride": "cymbals", "ride_bell": "cymbals", "china": "cymbals",
-}
-_FAMILIES = list(dict.fromkeys(FAMILY.values()))
-_FAMILY_IDX = np.array([_FAMILIES.index(FAMILY[c]) for c in CLASSES])
+_FAMILY_IDX = np.array(FAMILY_INDEX)
 
 
 @dataclass
@@ -53,6 +47,8 @@ class ProcessOptions:
     secondary: float | None = None   # other-family classes with probability >= this also
     #                                  emitted (None: the model head's default, SECONDARY_THRESHOLD)
     band_checks: bool = True         # add a kick / hi-hat heard under the primary hit
+    templates: bool = True           # kick, snare, hi-hat from the model's drum-family templates
+    #                                  (common.templates) where it has them; band checks then off
     device: str | None = None
     precision: str = "auto"          # CNN arithmetic: auto, fp32, bf16, int8 (see inference)
 
@@ -167,6 +163,31 @@ def onset_classes(probs: np.ndarray, secondary: float,
     return out
 
 
+_DECIDED = [FAMILIES.index(f) for f in templates.THRESHOLDS]
+_OPEN, _CLOSED = CLASSES.index("hihat_open"), CLASSES.index("hihat_closed")
+
+
+def with_families(classes: list[list[int]], found: np.ndarray, probs: np.ndarray | None
+                  ) -> list[list[int]]:
+    """Classes per onset with kick, snare and hi-hat decided by the templates (`found`, onsets
+    x families) and the other families (toms, cymbals) left as the classifier said. A hi-hat is
+    open where the classifier finds open more likely than closed. An onset none of them claims
+    keeps the classifier's primary class."""
+    out = []
+    for i, cls in enumerate(classes):
+        keep = [c for c in cls if FAMILY_INDEX[c] not in _DECIDED]
+        for f in _DECIDED:
+            if found[i, f]:
+                name = FAMILIES[f]
+                if name == "hihat":
+                    is_open = probs is not None and probs[i, _OPEN] > probs[i, _CLOSED]
+                    keep.append(_OPEN if is_open else _CLOSED)
+                else:
+                    keep.append(CLASSES.index(name))
+        out.append(keep or cls[:1])
+    return out
+
+
 def transcribe(
     audio: np.ndarray,
     opts: ProcessOptions,
@@ -210,7 +231,15 @@ def transcribe(
                                         getattr(predictor, "head", "single"))
     info["timings"]["classify"] = time.perf_counter() - t0
 
-    if opts.band_checks:
+    info["templates"] = False
+    tpl = getattr(predictor, "templates", None)
+    if opts.templates and templates.usable(tpl) and n:
+        t0 = time.perf_counter()
+        found = templates.onset_families(audio, onsets, tpl)
+        classes = with_families(classes, found, probs)
+        info["templates"] = True
+        info["timings"]["templates"] = time.perf_counter() - t0
+    elif opts.band_checks:
         primary = np.array([c[0] for c in classes], np.int64)
         for k, f in enumerate(feats_parts):
             off = k * FEATURE_CHUNK

@@ -23,6 +23,7 @@ from flwr.app import (
 from beatsight.client.clientapp import make_client_app
 from beatsight.common.checkpoint import load_model
 from beatsight.common.model import DrumClassifierCNN
+from beatsight.common.templates import usable
 from beatsight.server.settings import RunSettings
 from beatsight.simulation.contributors import build_federation, build_heldout
 from beatsight.simulation.federation import simulate
@@ -75,6 +76,12 @@ def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federa
     assert all(len(r["participants"]) == 3 for r in rounds[1:])
     model, ckpt = load_model(out / "global_model.pth")
     assert ckpt.extra["round"] == 2 and "accuracy" in ckpt.metrics
+    # the contributors' drum-family templates reach the global model (FedAvg, like BatchNorm's
+    # statistics), so `process` can use them: a weighted mean of rows that each sum to 1 (or
+    # are 0 where a contributor lacks the family)
+    assert usable(model.templates.numpy())
+    sums = model.templates.sum(dim=1)
+    assert bool(((sums > 0) & (sums <= 1 + 1e-4)).all()), sums
     assert (out / "heldout_accuracy.png").stat().st_size > 1000
     assert (out / "checkpoints" / "latest.pth").exists()
 

@@ -219,3 +219,24 @@ def test_predict_logits_matches_a_plain_forward_and_leaves_the_model_as_it_was(c
     with torch.no_grad():
         want = model(torch.from_numpy(X.astype(np.float32))).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_training_stores_the_datas_drum_family_templates(data) -> None:
+    """fit() keeps each family's mean attack spectrum in the model (common.templates), which
+    FedAvg averages and `process` uses; (X, y) arrays carry no windows, so none are learnt."""
+    from beatsight.common.classes import FAMILIES
+    from beatsight.common.templates import family_templates, usable
+
+    train, _ = data
+    model = new_model(0)
+    fit(model, train, _cfg(epochs=1, augment=[]), progress=False)
+    want = family_templates(train.windows, train.y, train.settings.pre_samples, train.targets)
+    np.testing.assert_allclose(model.templates.numpy(), want, rtol=1e-6)
+    assert usable(model.templates.numpy())
+    sums = model.templates.sum(dim=1).numpy()
+    for f, name in enumerate(FAMILIES):
+        assert sums[f] == pytest.approx(1.0 if name in ("kick", "snare", "hihat") else 0.0,
+                                        abs=1e-5)
+    arrays_only = new_model(0)
+    fit(arrays_only, train.arrays(), _cfg(epochs=1, augment=[]), progress=False)
+    assert not arrays_only.templates.any()
