@@ -171,8 +171,9 @@ def with_families(classes: list[list[int]], found: np.ndarray, probs: np.ndarray
                   ) -> list[list[int]]:
     """Classes per onset with kick, snare and hi-hat decided by the templates (`found`, onsets
     x families) and the other families (toms, cymbals) left as the classifier said. A hi-hat is
-    open where the classifier finds open more likely than closed. An onset none of them claims
-    keeps the classifier's primary class."""
+    open where the classifier finds open more likely than closed. An onset that only the
+    classifier calls a kick, snare or hi-hat gets no hit: on renders of kits the model never
+    heard, keeping the classifier's class there cost 0.09 kick F-measure (README)."""
     out = []
     for i, cls in enumerate(classes):
         keep = [c for c in cls if FAMILY_INDEX[c] not in _DECIDED]
@@ -184,7 +185,7 @@ def with_families(classes: list[list[int]], found: np.ndarray, probs: np.ndarray
                     keep.append(_OPEN if is_open else _CLOSED)
                 else:
                     keep.append(CLASSES.index(name))
-        out.append(keep or cls[:1])
+        out.append(keep)
     return out
 
 

@@ -140,3 +140,20 @@ def test_usable_needs_every_decided_family(family: str) -> None:
     assert usable(tpl)
     tpl[FAMILIES.index(family)] = 0
     assert not usable(tpl)
+
+
+def test_templates_decide_kick_snare_hihat_and_leave_toms_and_cymbals() -> None:
+    from beatsight.common.classes import CLASSES
+    from beatsight.common.process import with_families
+
+    c = CLASSES.index
+    classes = [[c("kick")], [c("tom_low"), c("hihat_closed")], [c("snare")], [c("crash")]]
+    found = np.zeros((4, len(FAMILIES)), bool)
+    found[0, [KICK, HAT]] = True            # the classifier missed the hi-hat on the beat
+    found[1, KICK] = True                   # a floor tom the templates also call a kick
+    # onset 2: only the classifier says snare -> no hit; onset 3: cymbals are not decided
+    probs = np.zeros((4, 12))
+    probs[0, c("hihat_open")], probs[0, c("hihat_closed")] = 0.3, 0.1
+    out = with_families(classes, found, probs)
+    assert out == [[c("kick"), c("hihat_open")], [c("tom_low"), c("kick")], [], [c("crash")]]
+    assert with_families(classes, found, None)[0] == [c("kick"), c("hihat_closed")]
