@@ -62,7 +62,7 @@ def delta_for(sensitivity: float) -> float:
 
 
 @lru_cache(maxsize=4)
-def _mel(settings: OnsetSettings) -> np.ndarray:
+def mel_filters(settings: OnsetSettings) -> np.ndarray:
     """Triangular filters (peak 1) evenly spaced on the HTK mel scale: (n_mels, n_fft//2+1).
 
     Built here rather than by librosa.filters, whose import (scipy.signal) costs ~1 s of
@@ -84,7 +84,7 @@ def _mel(settings: OnsetSettings) -> np.ndarray:
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
 
 
-def _frames_block(audio: np.ndarray, f0: int, f1: int, s: OnsetSettings) -> np.ndarray:
+def centred_frames(audio: np.ndarray, f0: int, f1: int, s: OnsetSettings) -> np.ndarray:
     """Centred frames f0..f1-1 (frame f is centred on sample f*hop), zeros beyond the file."""
     half = s.n_fft // 2
     lo, hi = f0 * s.hop - half, (f1 - 1) * s.hop + half
@@ -105,13 +105,13 @@ def envelope(
     n_frames = len(audio) // s.hop + 1
     flux = np.zeros(n_frames, np.float32)
     loud = np.full(n_frames, -120.0, np.float32)
-    mel = _mel(s)
+    mel = mel_filters(s)
     window = np.hanning(s.n_fft + 1)[:-1].astype(np.float32)
     wnorm = float(np.sum(window) ** 2) / 4.0      # a full-scale sine -> 0 dB
     prev: np.ndarray | None = None
     for f0 in range(0, n_frames, s.chunk_frames):
         f1 = min(n_frames, f0 + s.chunk_frames)
-        frames = _frames_block(audio, f0, f1, s)
+        frames = centred_frames(audio, f0, f1, s)
         spec = scipy.fft.rfft(frames * window, axis=-1, workers=-1)
         power = np.square(spec.real) + np.square(spec.imag)
         del spec

@@ -14,13 +14,14 @@ rise (`onset_families`; thresholds chosen on renders of training kits, see the R
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-import librosa
 import numpy as np
+import scipy.fft
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import SAMPLE_RATE
 from .classes import FAMILIES, FAMILY_INDEX
+from .onsets import OnsetSettings, centred_frames, mel_filters
 
 N_BANDS = 96
 
@@ -45,30 +46,44 @@ DEFAULT = TemplateSettings()
 THRESHOLDS: dict[str, float] = {"kick": 0.5, "snare": 0.35, "hihat": 0.1}
 
 
-@lru_cache(maxsize=2)
-def _mel(s: TemplateSettings) -> np.ndarray:
-    return librosa.filters.mel(sr=s.sample_rate, n_fft=s.n_fft, n_mels=s.n_bands,
-                               fmin=s.fmin, fmax=s.fmax).astype(np.float32)
+def _frame_settings(s: TemplateSettings) -> OnsetSettings:
+    """The onset detector's framing and mel filters (HTK mel, built without librosa's ~2 s of
+    start-up), at this module's sizes."""
+    return OnsetSettings(sample_rate=s.sample_rate, n_fft=s.n_fft, hop=s.hop, n_mels=s.n_bands,
+                         fmin=s.fmin, fmax=s.fmax)
+
+
+def _window(n_fft: int) -> np.ndarray:
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
 
 
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
     """Mel magnitude spectrogram (bands, frames), frame k centred on sample k * hop."""
-    mag = np.abs(librosa.stft(np.asarray(audio, np.float32), n_fft=s.n_fft, hop_length=s.hop,
-                              center=True))
-    return _mel(s) @ mag
+    o = _frame_settings(s)
+    mel, window = mel_filters(o), _window(s.n_fft)
+    n = len(audio) // s.hop + 1
+    out = np.zeros((s.n_bands, n), np.float32)
+    for f0 in range(0, n, s.chunk_frames):
+        f1 = min(n, f0 + s.chunk_frames)
+        frames = centred_frames(np.asarray(audio, np.float32), f0, f1, o)
+        mag = np.abs(scipy.fft.rfft(frames * window, axis=-1, workers=-1))
+        out[:, f0:f1] = (mag @ mel.T).T
+    return out
 
 
 def attack_spectra(windows: np.ndarray, onset: int, s: TemplateSettings = DEFAULT) -> np.ndarray:
-    """(N, bands): each window's mean spectrum over the first `attack_frames` after sample
-    `onset`, normalised to sum 1 (loudness is the activations' business, not the template's)."""
-    w = np.asarray(windows, np.float32)
-    pad = (-onset) % s.hop                      # put the onset on a frame centre
-    w = np.pad(w, ((0, 0), (pad, s.hop * s.attack_frames)))
-    f0 = (onset + pad) // s.hop
-    out = np.zeros((len(w), s.n_bands), np.float32)
-    for i in range(0, len(w), 256):
-        spec = np.abs(librosa.stft(w[i:i + 256], n_fft=s.n_fft, hop_length=s.hop, center=True))
-        att = np.einsum("mf,nft->nm", _mel(s), spec[..., f0:f0 + s.attack_frames])
+    """(N, bands): each window's mean spectrum over the first `attack_frames` frames centred
+    from sample `onset` on, normalised to sum 1 (loudness is the activations' business, not
+    the template's)."""
+    mel, window = mel_filters(_frame_settings(s)), _window(s.n_fft)
+    half = s.n_fft // 2
+    out = np.zeros((len(windows), s.n_bands), np.float32)
+    for i in range(0, len(windows), 256):
+        w = np.asarray(windows[i:i + 256], np.float32)
+        w = np.pad(w, ((0, 0), (half, half + s.hop * s.attack_frames)))
+        frames = sliding_window_view(w, s.n_fft, axis=1)[:, onset:onset + s.hop * s.attack_frames:s.hop]
+        mag = np.abs(scipy.fft.rfft(frames * window, axis=-1, workers=-1))
+        att = (mag @ mel.T).mean(axis=1)
         out[i:i + 256] = att / np.maximum(att.sum(axis=1, keepdims=True), 1e-12)
     return out
 
