@@ -84,6 +84,11 @@ def mel_filters(settings: OnsetSettings) -> np.ndarray:
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
 
 
+def periodic_hann(n_fft: int) -> np.ndarray:
+    """The analysis window of every STFT here (and of `common.templates`)."""
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
+
+
 def centred_frames(audio: np.ndarray, f0: int, f1: int, s: OnsetSettings) -> np.ndarray:
     """Centred frames f0..f1-1 (frame f is centred on sample f*hop), zeros beyond the file."""
     half = s.n_fft // 2
@@ -106,7 +111,7 @@ def envelope(
     flux = np.zeros(n_frames, np.float32)
     loud = np.full(n_frames, -120.0, np.float32)
     mel = mel_filters(s)
-    window = np.hanning(s.n_fft + 1)[:-1].astype(np.float32)
+    window = periodic_hann(s.n_fft)
     wnorm = float(np.sum(window) ** 2) / 4.0      # a full-scale sine -> 0 dB
     prev: np.ndarray | None = None
     for f0 in range(0, n_frames, s.chunk_frames):

@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import SAMPLE_RATE
 from .classes import FAMILIES, FAMILY_INDEX
-from .onsets import OnsetSettings, centred_frames, mel_filters
+from .onsets import OnsetSettings, centred_frames, mel_filters, periodic_hann
 
 N_BANDS = 96
 
@@ -53,14 +53,10 @@ def _frame_settings(s: TemplateSettings) -> OnsetSettings:
                          fmin=s.fmin, fmax=s.fmax)
 
 
-def _window(n_fft: int) -> np.ndarray:
-    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
-
-
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
     """Mel magnitude spectrogram (bands, frames), frame k centred on sample k * hop."""
     o = _frame_settings(s)
-    mel, window = mel_filters(o), _window(s.n_fft)
+    mel, window = mel_filters(o), periodic_hann(s.n_fft)
     n = len(audio) // s.hop + 1
     out = np.zeros((s.n_bands, n), np.float32)
     for f0 in range(0, n, s.chunk_frames):
@@ -75,7 +71,7 @@ def attack_spectra(windows: np.ndarray, onset: int, s: TemplateSettings = DEFAUL
     """(N, bands): each window's mean spectrum over the first `attack_frames` frames centred
     from sample `onset` on, normalised to sum 1 (loudness is the activations' business, not
     the template's)."""
-    mel, window = mel_filters(_frame_settings(s)), _window(s.n_fft)
+    mel, window = mel_filters(_frame_settings(s)), periodic_hann(s.n_fft)
     half = s.n_fft // 2
     out = np.zeros((len(windows), s.n_bands), np.float32)
     for i in range(0, len(windows), 256):
