@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeat", type=int, default=2, help="runs of ours (best is reported)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-templates", dest="templates", action="store_false",
+                    help="ours without the drum-family templates stage (the model's templates "
+                         "unused), to see what that stage costs")
     ap.add_argument("--baseline-hits", type=int, default=0,
                     help="time the original's per-hit CNN stage on this many onsets only and "
                          "scale it to all of them (0 = run it on every onset)")
@@ -93,7 +96,7 @@ def main() -> None:
             model_path = tmp / "untrained.pth"
             save_checkpoint(model_path, Checkpoint(DrumClassifierCNN().state_dict(),
                                                    model_version="bench-untrained"))
-        opts = ProcessOptions(precision=args.precision)
+        opts = ProcessOptions(precision=args.precision, templates=args.templates)
         print(f"song: {args.seconds:.0f} s render of {args.kit} (seed {args.seed}); "
               f"torch threads {torch.get_num_threads()}")
 
@@ -114,7 +117,8 @@ def main() -> None:
         t0 = time.perf_counter()
         cli = subprocess.run([str(Path(sys.executable).parent / "beatsight"), "process", "-i",
                               str(wav), "-o", str(tmp / "cli.bsm"), "--ml-model",
-                              str(model_path), "--precision", args.precision],
+                              str(model_path), "--precision", args.precision,
+                              "--templates" if args.templates else "--no-templates"],
                              capture_output=True, text=True)
         cli_took = time.perf_counter() - t0
         if cli.returncode != 0:

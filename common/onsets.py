@@ -104,8 +104,11 @@ def envelope(
     audio: np.ndarray,
     settings: OnsetSettings = DEFAULT_ONSETS,
     progress: Callable[[float], None] | None = None,
+    mel_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral flux per frame and frame loudness in dBFS, both (n_frames,), chunk by chunk."""
+    """Spectral flux per frame and frame loudness in dBFS, both (n_frames,), chunk by chunk.
+    `mel_out` (n_mels, n_frames), if given, receives the mel magnitude spectrogram of the same
+    STFT (`common.templates` explains it with the drum-family templates)."""
     s = settings
     n_frames = len(audio) // s.hop + 1
     flux = np.zeros(n_frames, np.float32)
@@ -121,6 +124,8 @@ def envelope(
         power = np.square(spec.real) + np.square(spec.imag)
         del spec
         loud[f0:f1] = 10 * np.log10(np.maximum(power.sum(axis=1) / wnorm, 1e-12))
+        if mel_out is not None:
+            mel_out[:, f0:f1] = (np.sqrt(power) @ mel.T).T
         logmel = 10 * np.log10(np.maximum((power @ mel.T) / wnorm, 10 ** (s.floor_db / 10)))
         del power
         ref = maximum_filter1d(logmel, size=3, axis=1)       # SuperFlux: spread in frequency

@@ -200,7 +200,12 @@ def transcribe(
     say = progress or (lambda stage, frac: None)
     t0 = time.perf_counter()
     s = DEFAULT_ONSETS
-    flux, loud = envelope(audio, s, progress=lambda f: say("onsets", f))
+    tpl = getattr(predictor, "templates", None)
+    use_templates = opts.templates and templates.usable(tpl)
+    # the templates explain the onset pass's own spectrogram: one STFT for both
+    spec = (np.zeros((s.n_mels, len(audio) // s.hop + 1), np.float32) if use_templates
+            else None)
+    flux, loud = envelope(audio, s, progress=lambda f: say("onsets", f), mel_out=spec)
     frames = pick_peaks(flux, loud, opts.sensitivity, s)
     onsets = np.clip(frames_to_times(frames, s), 0.0, len(audio) / s.sample_rate)
     info["timings"]["onsets"] = time.perf_counter() - t0
@@ -233,10 +238,9 @@ def transcribe(
     info["timings"]["classify"] = time.perf_counter() - t0
 
     info["templates"] = False
-    tpl = getattr(predictor, "templates", None)
-    if opts.templates and templates.usable(tpl) and n:
+    if use_templates and n:
         t0 = time.perf_counter()
-        found = templates.onset_families(audio, onsets, tpl)
+        found = templates.onset_families(audio, onsets, tpl, spec=spec)
         classes = with_families(classes, found, probs)
         info["templates"] = True
         info["timings"]["templates"] = time.perf_counter() - t0

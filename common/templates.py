@@ -19,24 +19,23 @@ import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .audio import SAMPLE_RATE
 from .classes import FAMILIES, FAMILY_INDEX
-from .onsets import OnsetSettings, centred_frames, mel_filters, periodic_hann
+from .onsets import DEFAULT_ONSETS, OnsetSettings, envelope, mel_filters, periodic_hann
 
-N_BANDS = 96
+N_BANDS = DEFAULT_ONSETS.n_mels
 
 
 @dataclass(frozen=True)
 class TemplateSettings:
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = 2048
-    hop: int = 441                 # 10 ms frames
-    n_bands: int = N_BANDS
-    fmin: float = 30.0
-    fmax: float = 16000.0
-    attack_frames: int = 6         # a template is the mean of the first 60 ms after the onset
+    frames: OnsetSettings = DEFAULT_ONSETS   # the onset detector's STFT and mel bands: one pass
+    attack_ms: float = 60.0        # a template is the mean spectrum of the first 60 ms
+    peak_ms: tuple[float, float] = (-10.0, 30.0)    # an onset's activation: its peak here ...
+    floor_ms: tuple[float, float] = (-40.0, -20.0)  # ... minus its floor here
     iterations: int = 60           # multiplicative updates of the activations
-    chunk_frames: int = 6000       # a minute of frames per NMF problem (bounded memory)
+    chunk_frames: int = 6000       # 35 s of frames per NMF problem (bounded memory)
+
+    def frames_of(self, ms: float) -> int:
+        return int(round(ms / 1000.0 * self.frames.sample_rate / self.frames.hop))
 
 
 DEFAULT = TemplateSettings()
@@ -46,38 +45,26 @@ DEFAULT = TemplateSettings()
 THRESHOLDS: dict[str, float] = {"kick": 0.5, "snare": 0.35, "hihat": 0.1}
 
 
-def _frame_settings(s: TemplateSettings) -> OnsetSettings:
-    """The onset detector's framing and mel filters (HTK mel, built without librosa's ~2 s of
-    start-up), at this module's sizes."""
-    return OnsetSettings(sample_rate=s.sample_rate, n_fft=s.n_fft, hop=s.hop, n_mels=s.n_bands,
-                         fmin=s.fmin, fmax=s.fmax)
-
-
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
-    """Mel magnitude spectrogram (bands, frames), frame k centred on sample k * hop."""
-    o = _frame_settings(s)
-    mel, window = mel_filters(o), periodic_hann(s.n_fft)
-    n = len(audio) // s.hop + 1
-    out = np.zeros((s.n_bands, n), np.float32)
-    for f0 in range(0, n, s.chunk_frames):
-        f1 = min(n, f0 + s.chunk_frames)
-        frames = centred_frames(np.asarray(audio, np.float32), f0, f1, o)
-        mag = np.abs(scipy.fft.rfft(frames * window, axis=-1, workers=-1))
-        out[:, f0:f1] = (mag @ mel.T).T
+    """Mel magnitude spectrogram (bands, frames) of the onset detector's STFT, frame k centred
+    on sample k * hop (`process` takes it from the onset pass instead of computing it again)."""
+    out = np.zeros((s.frames.n_mels, len(audio) // s.frames.hop + 1), np.float32)
+    envelope(np.asarray(audio, np.float32), s.frames, mel_out=out)
     return out
 
 
 def attack_spectra(windows: np.ndarray, onset: int, s: TemplateSettings = DEFAULT) -> np.ndarray:
-    """(N, bands): each window's mean spectrum over the first `attack_frames` frames centred
-    from sample `onset` on, normalised to sum 1 (loudness is the activations' business, not
-    the template's)."""
-    mel, window = mel_filters(_frame_settings(s)), periodic_hann(s.n_fft)
-    half = s.n_fft // 2
-    out = np.zeros((len(windows), s.n_bands), np.float32)
+    """(N, bands): each window's mean spectrum over the frames centred from sample `onset` on
+    for `attack_ms`, normalised to sum 1 (loudness is the activations' business, not the
+    template's)."""
+    f = s.frames
+    mel, window = mel_filters(f), periodic_hann(f.n_fft)
+    half, k = f.n_fft // 2, s.frames_of(s.attack_ms)
+    out = np.zeros((len(windows), f.n_mels), np.float32)
     for i in range(0, len(windows), 256):
         w = np.asarray(windows[i:i + 256], np.float32)
-        w = np.pad(w, ((0, 0), (half, half + s.hop * s.attack_frames)))
-        frames = sliding_window_view(w, s.n_fft, axis=1)[:, onset:onset + s.hop * s.attack_frames:s.hop]
+        w = np.pad(w, ((0, 0), (half, half + f.hop * k)))
+        frames = sliding_window_view(w, f.n_fft, axis=1)[:, onset:onset + f.hop * k:f.hop]
         mag = np.abs(scipy.fft.rfft(frames * window, axis=-1, workers=-1))
         att = (mag @ mel.T).mean(axis=1)
         out[i:i + 256] = att / np.maximum(att.sum(axis=1, keepdims=True), 1e-12)
@@ -93,7 +80,7 @@ def family_templates(windows: np.ndarray, y: np.ndarray, onset: int,
     fam = np.asarray(FAMILY_INDEX)[np.asarray(y, np.int64)]
     clean = (np.ones(len(fam), bool) if targets is None
              else np.asarray(targets).sum(axis=1) <= 1)
-    out = np.zeros((len(FAMILIES), s.n_bands), np.float32)
+    out = np.zeros((len(FAMILIES), N_BANDS), np.float32)
     for f in range(len(FAMILIES)):
         rows = np.flatnonzero((fam == f) & clean)
         if not len(rows):
@@ -116,34 +103,39 @@ def activations(spec: np.ndarray, templates: np.ndarray, s: TemplateSettings = D
                 ) -> np.ndarray:
     """(families, frames) H >= 0 minimising KL(spec || W H) with W = the normalised templates
     fixed: how much of each family sounds in each frame. Chunked so long songs stay bounded."""
-    W = np.asarray(templates, np.float64).T
+    W = np.asarray(templates, np.float32).T
     have = W.sum(axis=0) > 0
-    W = W[:, have] / W[:, have].sum(axis=0)
-    H = np.zeros((len(templates), spec.shape[1]))
-    w_sum = W.sum(axis=0)[:, None]
+    W = W[:, have] / W[:, have].sum(axis=0)        # columns sum to 1: the update needs no divisor
+    H = np.zeros((len(templates), spec.shape[1]), np.float32)
     for a in range(0, spec.shape[1], s.chunk_frames):
-        V = np.asarray(spec[:, a:a + s.chunk_frames], np.float64) + 1e-9
-        h = np.full((W.shape[1], V.shape[1]), V.mean() / W.shape[1])
+        V = np.asarray(spec[:, a:a + s.chunk_frames], np.float32) + np.float32(1e-9)
+        h = np.full((W.shape[1], V.shape[1]), V.mean() / W.shape[1], np.float32)
         for _ in range(s.iterations):
-            h *= (W.T @ (V / (W @ h))) / w_sum
+            h *= W.T @ (V / (W @ h))
         H[have, a:a + s.chunk_frames] = h
     return H
 
 
 def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarray,
-                   thresholds: dict[str, float] = THRESHOLDS, s: TemplateSettings = DEFAULT
-                   ) -> np.ndarray:
+                   thresholds: dict[str, float] = THRESHOLDS, s: TemplateSettings = DEFAULT,
+                   spec: np.ndarray | None = None) -> np.ndarray:
     """(onsets, families) bool: which of the `thresholds` families start at each onset. A
-    family's rise at an onset is its activation's peak in the 40 ms from just before the onset
-    minus its floor in the 30 ms before that, relative to the song's 95th-percentile rise."""
+    family's rise at an onset is its activation's peak in `peak_ms` around the onset minus its
+    floor in `floor_ms` before it, relative to the song's 95th-percentile rise. `spec`: the
+    song's `spectrogram`, if already computed."""
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
     if not len(onsets_s):
         return out
-    H = activations(spectrogram(audio, s), templates, s)
+    H = activations(spectrogram(audio, s) if spec is None else spec, templates, s)
     n = H.shape[1]
-    fr = np.clip(np.round(np.asarray(onsets_s) * s.sample_rate / s.hop).astype(np.int64), 0, n - 1)
-    peak_idx = np.clip(fr[:, None] + np.arange(-1, 4)[None, :], 0, n - 1)
-    floor_idx = np.clip(fr[:, None] + np.arange(-4, -1)[None, :], 0, n - 1)
+    fr = np.clip(np.round(np.asarray(onsets_s) * s.frames.sample_rate / s.frames.hop)
+                 .astype(np.int64), 0, n - 1)
+
+    def span(ms: tuple[float, float]) -> np.ndarray:
+        return np.clip(fr[:, None] + np.arange(s.frames_of(ms[0]), s.frames_of(ms[1]) + 1), 0,
+                       n - 1)
+
+    peak_idx, floor_idx = span(s.peak_ms), span(s.floor_ms)
     for name, theta in thresholds.items():
         f = FAMILIES.index(name)
         rise = np.maximum(H[f][peak_idx].max(axis=1) - H[f][floor_idx].min(axis=1), 0.0)

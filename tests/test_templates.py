@@ -17,6 +17,7 @@ from beatsight.common.features import DEFAULT_SETTINGS, extract_windows
 from beatsight.common.model import DrumClassifierCNN
 from beatsight.common.templates import (
     DEFAULT,
+    N_BANDS,
     THRESHOLDS,
     activations,
     family_templates,
@@ -66,10 +67,10 @@ def _training(seed: int = 1):
 def test_templates_are_each_familys_mean_attack_spectrum() -> None:
     windows, y = _training()
     t = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
-    assert t.shape == (len(FAMILIES), DEFAULT.n_bands)
+    assert t.shape == (len(FAMILIES), N_BANDS)
     np.testing.assert_allclose(t[[KICK, SNARE, HAT]].sum(axis=1), 1.0, rtol=1e-5)
     assert not t[[FAMILIES.index("toms"), FAMILIES.index("cymbals")]].any()   # none: zeros
-    bands = np.arange(DEFAULT.n_bands)
+    bands = np.arange(N_BANDS)
     centre = (t[[KICK, SNARE, HAT]] * bands).sum(axis=1)
     assert centre[0] < centre[1] < centre[2]              # kick low, snare mid, hi-hat high
     # the kick struck with a hi-hat is left out of the kick template when the set says so
@@ -77,7 +78,7 @@ def test_templates_are_each_familys_mean_attack_spectrum() -> None:
     targets[np.arange(len(y)), y] = 1
     targets[-1, CLASS_INDEX["hihat_closed"]] = 1
     clean = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples, targets)
-    high = bands >= DEFAULT.n_bands // 2
+    high = bands >= N_BANDS // 2
     assert clean[KICK, high].sum() < t[KICK, high].sum()
     np.testing.assert_allclose(clean[KICK], family_templates(
         windows[:-1], y[:-1], DEFAULT_SETTINGS.pre_samples)[KICK], rtol=1e-5, atol=1e-7)
@@ -106,7 +107,7 @@ def test_activations_explain_the_spectrogram_without_negative_parts() -> None:
     H = activations(spec, tpl)
     assert H.shape == (len(FAMILIES), spec.shape[1]) and (H >= 0).all()
     assert not H[[FAMILIES.index("toms"), FAMILIES.index("cymbals")]].any()   # no template
-    kick_frame, hat_frame = round(0.22 * SR / DEFAULT.hop), round(0.72 * SR / DEFAULT.hop)
+    kick_frame, hat_frame = DEFAULT.frames_of(220.0), DEFAULT.frames_of(720.0)
     assert H[KICK, kick_frame] > 10 * H[HAT, kick_frame]
     assert H[HAT, hat_frame] > 10 * H[KICK, hat_frame]
 
@@ -157,3 +158,18 @@ def test_templates_decide_kick_snare_hihat_and_leave_toms_and_cymbals() -> None:
     out = with_families(classes, found, probs)
     assert out == [[c("kick"), c("hihat_open")], [c("tom_low"), c("kick")], [], [c("crash")]]
     assert with_families(classes, found, None)[0] == [c("kick"), c("hihat_closed")]
+
+
+def test_process_reuses_the_onset_pass_spectrogram() -> None:
+    """`process` hands the templates the onset detector's own STFT: the same numbers as
+    `spectrogram`, and asking for it changes nothing in the onset envelope."""
+    from beatsight.common.onsets import DEFAULT_ONSETS, envelope
+
+    audio = _song([(0.2, "kick"), (0.5, "hihat"), (0.9, "snare")], 1.5)
+    plain = envelope(audio, DEFAULT_ONSETS)
+    spec = np.zeros((DEFAULT_ONSETS.n_mels, len(audio) // DEFAULT_ONSETS.hop + 1), np.float32)
+    shared = envelope(audio, DEFAULT_ONSETS, mel_out=spec)
+    for a, b in zip(plain, shared, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(spec, spectrogram(audio))
+    assert spec[:, DEFAULT.frames_of(220.0)].sum() > 100 * spec[:, DEFAULT.frames_of(100.0)].sum()
