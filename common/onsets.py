@@ -84,6 +84,11 @@ def mel_filters(settings: OnsetSettings) -> np.ndarray:
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
 
 
+def frame_count(n_samples: int, settings: OnsetSettings = DEFAULT_ONSETS) -> int:
+    """Frames of a signal, frame k centred on sample k * hop."""
+    return n_samples // settings.hop + 1
+
+
 def periodic_hann(n_fft: int) -> np.ndarray:
     """The analysis window of every STFT here (and of `common.templates`)."""
     return np.hanning(n_fft + 1)[:-1].astype(np.float32)
@@ -110,7 +115,7 @@ def envelope(
     `mel_out` (n_mels, n_frames), if given, receives the mel magnitude spectrogram of the same
     STFT (`common.templates` explains it with the drum-family templates)."""
     s = settings
-    n_frames = len(audio) // s.hop + 1
+    n_frames = frame_count(len(audio), s)
     flux = np.zeros(n_frames, np.float32)
     loud = np.full(n_frames, -120.0, np.float32)
     mel = mel_filters(s)

@@ -28,7 +28,7 @@ from .bsm import Hit, new_beatmap, write_bsm
 from .classes import CLASSES, FAMILIES, FAMILY_INDEX
 from .errors import BeatSightError
 from .model import SECONDARY_THRESHOLD
-from .onsets import DEFAULT_ONSETS, envelope, frames_to_times, pick_peaks
+from .onsets import DEFAULT_ONSETS, envelope, frame_count, frames_to_times, pick_peaks
 
 ENV_MODEL = "BEATSIGHT_ML_MODEL_PATH"
 ENV_USE_ML = "BEATSIGHT_USE_ML_CLASSIFIER"
@@ -203,7 +203,7 @@ def transcribe(
     tpl = getattr(predictor, "templates", None)
     use_templates = opts.templates and templates.usable(tpl)
     # the templates explain the onset pass's own spectrogram: one STFT for both
-    spec = (np.zeros((s.n_mels, len(audio) // s.hop + 1), np.float32) if use_templates
+    spec = (np.zeros((s.n_mels, frame_count(len(audio), s)), np.float32) if use_templates
             else None)
     flux, loud = envelope(audio, s, progress=lambda f: say("onsets", f), mel_out=spec)
     frames = pick_peaks(flux, loud, opts.sensitivity, s)

@@ -20,7 +20,14 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .classes import FAMILIES, FAMILY_INDEX
-from .onsets import DEFAULT_ONSETS, OnsetSettings, envelope, mel_filters, periodic_hann
+from .onsets import (
+    DEFAULT_ONSETS,
+    OnsetSettings,
+    envelope,
+    frame_count,
+    mel_filters,
+    periodic_hann,
+)
 
 N_BANDS = DEFAULT_ONSETS.n_mels
 
@@ -48,7 +55,7 @@ THRESHOLDS: dict[str, float] = {"kick": 0.5, "snare": 0.35, "hihat": 0.1}
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
     """Mel magnitude spectrogram (bands, frames) of the onset detector's STFT, frame k centred
     on sample k * hop (`process` takes it from the onset pass instead of computing it again)."""
-    out = np.zeros((s.frames.n_mels, len(audio) // s.frames.hop + 1), np.float32)
+    out = np.zeros((s.frames.n_mels, frame_count(len(audio), s.frames)), np.float32)
     envelope(np.asarray(audio, np.float32), s.frames, mel_out=out)
     return out
 

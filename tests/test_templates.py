@@ -163,11 +163,11 @@ def test_templates_decide_kick_snare_hihat_and_leave_toms_and_cymbals() -> None:
 def test_process_reuses_the_onset_pass_spectrogram() -> None:
     """`process` hands the templates the onset detector's own STFT: the same numbers as
     `spectrogram`, and asking for it changes nothing in the onset envelope."""
-    from beatsight.common.onsets import DEFAULT_ONSETS, envelope
+    from beatsight.common.onsets import DEFAULT_ONSETS, envelope, frame_count
 
     audio = _song([(0.2, "kick"), (0.5, "hihat"), (0.9, "snare")], 1.5)
     plain = envelope(audio, DEFAULT_ONSETS)
-    spec = np.zeros((DEFAULT_ONSETS.n_mels, len(audio) // DEFAULT_ONSETS.hop + 1), np.float32)
+    spec = np.zeros((DEFAULT_ONSETS.n_mels, frame_count(len(audio))), np.float32)
     shared = envelope(audio, DEFAULT_ONSETS, mel_out=spec)
     for a, b in zip(plain, shared, strict=True):
         np.testing.assert_array_equal(a, b)
