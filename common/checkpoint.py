@@ -132,6 +132,8 @@ def build_model(
     model = DrumClassifierCNN(num_classes=len(ckpt.classes), pooling=ckpt.pooling)
     state = dict(ckpt.state_dict)
     state.setdefault("templates", model.templates)      # the original's bare state_dict has none
+    if tuple(state["templates"].shape) != tuple(model.templates.shape):
+        state["templates"] = model.templates             # one spectrum per family (2026-11): none
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

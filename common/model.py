@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .classes import FAMILIES, NUM_CLASSES
-from .templates import N_BANDS
+from .templates import N_BANDS, SPAN
 
 # How the 12 logits are read. "single": softmax, one class per window (the original's head).
 # "multi": a sigmoid per class, so one window can be kick *and* hi-hat (drummers play them
@@ -82,11 +82,11 @@ class DrumClassifierCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else AvgMaxPool()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(256 if pooling == "avg" else 512, num_classes)
-        # Not used by forward(): each drum family's mean attack spectrum in the training data
+        # Not used by forward(): each drum family's mean attack pattern in the training data
         # (common.templates), which `process` uses to find kick, snare and hi-hat. A buffer, so
         # it travels with the weights and FedAvg averages it like BatchNorm's statistics.
         # Zeros: none learnt (an original bare state_dict).
-        self.register_buffer("templates", torch.zeros(len(FAMILIES), N_BANDS))
+        self.register_buffer("templates", torch.zeros(len(FAMILIES), N_BANDS, SPAN))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))

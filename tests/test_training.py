@@ -222,7 +222,7 @@ def test_predict_logits_matches_a_plain_forward_and_leaves_the_model_as_it_was(c
 
 
 def test_training_stores_the_datas_drum_family_templates(data) -> None:
-    """fit() keeps each family's mean attack spectrum in the model (common.templates), which
+    """fit() keeps each family's mean attack pattern in the model (common.templates), which
     FedAvg averages and `process` uses; (X, y) arrays carry no windows, so none are learnt."""
     from beatsight.common.classes import FAMILIES
     from beatsight.common.templates import family_templates, usable
@@ -233,7 +233,7 @@ def test_training_stores_the_datas_drum_family_templates(data) -> None:
     want = family_templates(train.windows, train.y, train.settings.pre_samples, train.targets)
     np.testing.assert_allclose(model.templates.numpy(), want, rtol=1e-6)
     assert usable(model.templates.numpy())
-    sums = model.templates.sum(dim=1).numpy()
+    sums = model.templates.sum(dim=(1, 2)).numpy()
     for f, name in enumerate(FAMILIES):
         assert sums[f] == pytest.approx(1.0 if name in ("kick", "snare", "hihat") else 0.0,
                                         abs=1e-5)
