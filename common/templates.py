@@ -55,6 +55,9 @@ DEFAULT = TemplateSettings()
 # the song's 95th-percentile rise (families not listed are left to the classifier). Chosen on
 # renders of the contributors' kits, each with templates from the other kits (README).
 THRESHOLDS: dict[str, float] = {"kick": 0.3, "snare": 0.3, "hihat": 0.15}
+# ... or where its rise is at least this share of all families' rises at that onset: a snare
+# ghost note is a quarter of the backbeat's loudness but still mostly snare (dev renders, README).
+SHARES: dict[str, float] = {"snare": 0.4}
 # A song whose typical rise is below this (mel magnitude; a hit peaking at -60 dBFS rises over
 # 1000x more) is silence: the decomposition of an empty spectrogram wobbles at its edges.
 SILENT_RISE = 1e-4
@@ -150,11 +153,14 @@ def activations(spec: np.ndarray, templates: np.ndarray, s: TemplateSettings = D
 
 def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarray,
                    thresholds: dict[str, float] = THRESHOLDS, s: TemplateSettings = DEFAULT,
-                   spec: np.ndarray | None = None) -> np.ndarray:
+                   spec: np.ndarray | None = None, shares: dict[str, float] | None = None
+                   ) -> np.ndarray:
     """(onsets, families) bool: which of the `thresholds` families start at each onset. A
     family's rise at an onset is its activation's peak in `peak_ms` around the onset minus its
-    floor in `floor_ms` before it, relative to the song's 95th-percentile rise. `spec`: the
+    floor in `floor_ms` before it; it counts relative to the song's 95th-percentile rise, or
+    (families in `shares`, default SHARES) as its share of the onset's summed rise. `spec`: the
     song's `spectrogram`, if already computed."""
+    shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
     if not len(onsets_s):
         return out
@@ -168,10 +174,14 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
                        n - 1)
 
     peak_idx, floor_idx = span(s.peak_ms), span(s.floor_ms)
+    rises = np.maximum(H[:, peak_idx].max(axis=2) - H[:, floor_idx].min(axis=2), 0.0).T
+    share = rises / np.maximum(rises.sum(axis=1, keepdims=True), 1e-30)
     for name, theta in thresholds.items():
         f = FAMILIES.index(name)
-        rise = np.maximum(H[f][peak_idx].max(axis=1) - H[f][floor_idx].min(axis=1), 0.0)
+        rise = rises[:, f]
         scale = np.percentile(rise, 95)
         if scale > SILENT_RISE:
             out[:, f] = rise >= theta * scale
+            if name in shares:   # a ghost note: quiet, but mostly this family
+                out[:, f] |= (share[:, f] >= shares[name]) & (rise > SILENT_RISE)
     return out
