@@ -40,6 +40,8 @@ def main() -> None:
                          "touching the held-out kits")
     ap.add_argument("--no-templates", dest="templates", action="store_false",
                     help="ignore the model's drum-family templates (the classifier decides)")
+    ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
+                    help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
     if args.model is None and not args.heuristic:
         ap.error("give --model M.pth or --heuristic")
@@ -52,7 +54,8 @@ def main() -> None:
                 wav, bsm = write_song(Path(tmp), f"{k}-{s}", get_kit(kit_key),
                                       args.seed + 10 * k + s, duration_s=args.seconds)
                 est = Path(tmp) / f"{k}-{s}.est.bsm"
-                process_file(wav, est, ProcessOptions(templates=args.templates),
+                process_file(wav, est, ProcessOptions(templates=args.templates,
+                                                       sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))
                 per["onsets"]["any"].append(ev.onsets.f)
