@@ -133,7 +133,8 @@ def build_model(
     state = dict(ckpt.state_dict)
     state.setdefault("templates", model.templates)      # the original's bare state_dict has none
     if tuple(state["templates"].shape) != tuple(model.templates.shape):
-        state["templates"] = model.templates             # one spectrum per family (2026-11): none
+        state["templates"] = model.templates             # the first layout (one spectrum per
+        #                                                  family): loads without templates
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -72,9 +72,10 @@ def process(
                                            "probability [default: 0.25 for a softmax model, "
                                            "0.5 for a multi-label one].", show_default=False),
     templates: bool = typer.Option(True, "--templates/--no-templates", help="Find kick, snare "
-                                   "and hi-hat with the model's drum-family spectral templates "
-                                   "(NMF), each on its own, where the model has them; "
-                                   "--no-templates: the classifier and band checks decide."),
+                                   "and hi-hat with the model's drum-family spectro-temporal "
+                                   "templates (convolutive NMF), each on its own, where the "
+                                   "model has them; --no-templates: the classifier and band "
+                                   "checks decide."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "

@@ -4,14 +4,14 @@ start at an onset, each decided on its own, so a kick + hi-hat beat is found as 
 A CNN trained on a few kits recognises a kick of a kit it never heard poorly (the model-quality
 section of the README). How a kick *sounds over its first 46 ms* transfers much better: every
 kick puts its attack low and dies fast, every hi-hat is high, a tom rings. So training also
-keeps, for each drum family, the mean mel spectrogram of the first `span` frames of its clean
+keeps, for each drum family, the mean mel spectrogram of the first SPAN frames of its clean
 hits (`family_templates`, stored in the model as the `templates` buffer and averaged by FedAvg
 like the BatchNorm statistics). `process` explains the song's spectrogram as a non-negative mix
 of those templates, each started at any frame (convolutive NMF, "NMFD", KL divergence, templates
 fixed: `activations`), and reports a family at an onset when its activation rises there by a
 share of the song's typical rise (`onset_families`; thresholds chosen on renders of training
-kits, see the README). One spectrum per family (the first version) scored lower: kick 0.86 vs
-0.93 on the same renders, mostly toms taken for kicks.
+kits, see the README). One spectrum per family (the first version) scored lower on the same dev
+renders: kick 0.86 vs 0.93, snare 0.75 vs 0.79.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ SPAN = 8      # STFT frames per template: 46 ms of a hit from its onset (5.8-ms 
 @dataclass(frozen=True)
 class TemplateSettings:
     frames: OnsetSettings = DEFAULT_ONSETS   # the onset detector's STFT and mel bands: one pass
-    pool: int = 2                  # frames summed in pairs for the decomposition: 4x less
-    #                                work than at 5.8 ms, the same scores on the dev renders
+    pool: int = 2                  # frames summed in pairs for the decomposition: a third of
+    #                                the work at 5.8 ms, the same scores on the dev renders
     peak_ms: tuple[float, float] = (-10.0, 30.0)    # an onset's activation: its peak here ...
     floor_ms: tuple[float, float] = (-40.0, -20.0)  # ... minus its floor here
     iterations: int = 30           # multiplicative updates of the activations
@@ -56,7 +56,7 @@ DEFAULT = TemplateSettings()
 # renders of the contributors' kits, each with templates from the other kits (README).
 THRESHOLDS: dict[str, float] = {"kick": 0.3, "snare": 0.3, "hihat": 0.15}
 # ... or where its rise is at least this share of all families' rises at that onset: a snare
-# ghost note is a quarter of the backbeat's loudness but still mostly snare (dev renders, README).
+# ghost note is a fraction of the backbeat's loudness but still mostly snare (dev renders, README).
 SHARES: dict[str, float] = {"snare": 0.4}
 # A song whose typical rise is below this (mel magnitude; a hit peaking at -60 dBFS rises over
 # 1000x more) is silence: the decomposition of an empty spectrogram wobbles at its edges.
