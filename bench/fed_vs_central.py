@@ -38,9 +38,12 @@ LAST = 3  # rounds / epochs averaged for the comparison
 
 
 def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_size: int,
-              augment: str, out: Path, mu: float = 0.0) -> list[dict]:
+              augment: str, out: Path, mu: float = 0.0, recalibrate_bn: bool = True) -> list[dict]:
+    # the contributors' evaluate phase runs only to re-estimate the BatchNorm statistics
     settings = RunSettings(num_rounds=rounds, heldout=str(heldout), out_dir=str(out), seed=seed,
-                           threads=1, min_nodes=len(stores), fraction_evaluate=0.0,
+                           threads=1, min_nodes=len(stores),
+                           fraction_evaluate=1.0 if recalibrate_bn else 0.0,
+                           recalibrate_bn=recalibrate_bn,
                            batch_size=batch_size, augment=augment,
                            strategy="fedprox" if mu > 0 else "fedavg", proximal_mu=mu)
     simulate_in_process(settings, stores)
@@ -66,6 +69,9 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
          batch_size: int = typer.Option(RunSettings.batch_size, help="Both sides' batch size."),
          augment: str = typer.Option(",".join(DEFAULT_AUGMENT)),
          mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal weight (0: FedAvg)."),
+         recalibrate_bn: bool = typer.Option(True, "--recalibrate-bn/--no-recalibrate-bn",
+                                             help="The federation's BatchNorm statistics "
+                                             "re-estimated by the contributors each round."),
          with_central: bool = typer.Option(True, "--central/--no-central",
                                            help="Also train the centralised reference."),
          font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits",
@@ -83,7 +89,8 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
     heldout = sim.build_heldout(data / "heldout", seed)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation", mu)
+    fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation", mu,
+                    recalibrate_bn)
     t_fed = time.perf_counter() - t0
     cen = central(stores, heldout, rounds, seed, batch_size, augment) if with_central else []
     t_cen = time.perf_counter() - t0 - t_fed

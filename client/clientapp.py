@@ -9,6 +9,7 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
@@ -18,7 +19,7 @@ from beatsight.common.model import DrumClassifierCNN, pooling_of
 from beatsight.common.runpaths import resolve_run_path
 
 from .dataset import FeatureSet
-from .evaluation import evaluate
+from .evaluation import batchnorm_statistics, evaluate
 from .store import SampleStore
 from .training import TrainConfig, fit
 
@@ -144,10 +145,18 @@ def make_client_app(data_dirs: list[str] | None = None, progress: bool = False,
     @app.evaluate()
     def evaluate_local(msg: Message, context: Context) -> Message:
         data = _features(str(store_path(context, data_dirs)))
-        res = evaluate(_model(msg), *data.arrays())
+        model = _model(msg)
+        X, y = data.arrays()
+        res = evaluate(model, X, y)
         metrics = MetricRecord({"num-examples": len(data), "accuracy": float(res["accuracy"]),
                                 "loss": float(res["loss"])})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        content = RecordDict({"metrics": metrics})
+        if "config" in msg.content and msg.content["config"].get("bn-stats"):
+            # BatchNorm statistics of the global model on these samples: per-channel means and
+            # variances, like those the weights already carry (server/strategy.py averages them)
+            content["bn-stats"] = ArrayRecord({k: torch.from_numpy(v) for k, v in
+                                               batchnorm_statistics(model, X).items()})
+        return Message(content=content, reply_to=msg)
 
     return app
 

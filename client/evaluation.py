@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,30 @@ def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int | None = Non
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+BN_STATS = ("running_mean", "running_var")
+
+
+def batchnorm_statistics(model: nn.Module, X: np.ndarray, batch_size: int = 16
+                         ) -> dict[str, np.ndarray]:
+    """Every BatchNorm layer's running mean and variance re-estimated on X under `model`'s own
+    weights (a forward pass in training mode, statistics averaged over all batches; the model
+    itself is not changed). FedAvg's averaged statistics were gathered under each contributor's
+    drifting local weights, not under the averaged ones (README, federation section)."""
+    m = copy.deepcopy(model).float().to(memory_format=torch.channels_last)  # ~2x NCHW on a CPU
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None                      # a plain average over the batches
+    m.train()
+    device = next(m.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(X), batch_size):
+            if len(X[i:i + batch_size]) > 1:         # BatchNorm needs two values per channel
+                m(to_input(X[i:i + batch_size], device, channels_last=True))
+    return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()
+            if k.endswith(BN_STATS)}
 
 
 def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int | None = None

@@ -109,11 +109,17 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         strategy.ledger.noise_multipliers = list(prior.get("noise_multipliers") or [0.0] * start_round)
     t0 = time.time()
     last: dict = {}
+    final: dict | None = None
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal last
+        nonlocal final
         rnd = start_round + server_round
         state = _state_dict(arrays)
+        stats = getattr(strategy, "bn_stats", {}).pop(server_round, None)   # none under DP
+        if stats:   # the contributors' re-estimate under these very weights (strategy.py)
+            state.update({k: torch.from_numpy(v) for k, v in stats.items()})
+        final = state
         metrics = heldout.evaluate(state) if heldout else {}
         entry = {"round": rnd, "heldout": metrics, "seconds": round(time.time() - t0, 1)}
         privacy = _privacy(strategy)
@@ -136,6 +142,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
             num_rounds=remaining,
             timeout=settings.round_timeout,
             train_config=_train_config(settings),
+            evaluate_config=ConfigRecord({"bn-stats": settings.recalibrates_bn}),
             evaluate_fn=evaluate_fn,
         )
     except NotEnoughContributors as exc:  # deadline.py: end cleanly, resumable
@@ -143,7 +150,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         console.print(f"run stopped early: {exc}\nthe last finished round is in {paths.latest}; "
                       "continue with `beatsight-server run --resume` (run config resume=true)")
         return last
-    final_state = _state_dict(result.arrays) if result.arrays is not None else model.state_dict()
+    final_state = (final if final is not None else _state_dict(result.arrays)
+                   if result.arrays is not None else model.state_dict())
     privacy = _privacy(strategy)
     save_checkpoint(paths.final, _checkpoint(final_state, settings.num_rounds, last, settings, privacy))
     history.plot(paths.plot)

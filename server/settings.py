@@ -37,6 +37,11 @@ class RunSettings:
     head: str = "single"  # single | multi (common.model.HEADS): how contributors train the logits
     pooling: str = "avg"  # avg | avgmax (common.model.POOLINGS): the global model's architecture
     proximal_mu: float = 0.0
+    # Contributors re-estimate the new global model's BatchNorm statistics on their data in the
+    # evaluate phase (needs fraction-evaluate > 0); the server evaluates and saves the model with
+    # their count-weighted mean (README, federation section). Off under differential privacy
+    # (its accounting covers the training updates only) and with a robust aggregation.
+    recalibrate_bn: bool = True
     aggregation: str = "fedavg"  # fedavg | trimmed-mean | median | krum (see strategy.py)
     update_norm_factor: float = 5.0  # reject updates > this x the round's median norm (0: off)
     max_update_norm: float = 1000.0  # reject updates with a larger L2 norm (0: off)
@@ -108,6 +113,11 @@ class RunSettings:
     @property
     def dp(self) -> bool:
         return self.dp_noise_multiplier > 0
+
+    @property
+    def recalibrates_bn(self) -> bool:
+        return (self.recalibrate_bn and self.fraction_evaluate > 0 and not self.dp
+                and self.aggregation == "fedavg")
 
     @property
     def augment_names(self) -> list[str]:

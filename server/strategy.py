@@ -6,9 +6,11 @@ import hashlib
 import logging
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
+from beatsight.client.evaluation import BN_STATS
 from beatsight.common.model import DrumClassifierCNN
 
 from .deadline import NodeDeadlineMixin
@@ -66,6 +68,44 @@ class RoundLogMixin:
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
 
+class BatchNormStatsMixin:
+    """Averages the BatchNorm statistics that contributors re-estimate for the new global model
+    in the evaluate phase (client/clientapp.py), weighted by their sample counts, into
+    `bn_stats[round]`; the server evaluates and saves the model with them. Replies whose
+    statistics do not fit the model (other names or shapes, not finite, negative variance) are
+    left out of the mean."""
+
+    bn_stats: dict[int, dict[str, np.ndarray]]
+    layout: dict
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        replies = list(replies)
+        got = []
+        for msg in canonical_order(replies):
+            if msg.has_error() or "bn-stats" not in msg.content:
+                continue
+            stats = {k: v.numpy() for k, v in msg.content["bn-stats"].items()}
+            if self._fits(stats):
+                got.append((float(msg.content["metrics"]["num-examples"]), stats))
+            else:
+                log.warning("node %s: BatchNorm statistics that do not fit the model, left out",
+                            msg.metadata.src_node_id)
+        total = sum(w for w, _ in got)
+        if total > 0:
+            self.bn_stats[server_round] = {
+                k: (sum(w * s[k].astype(np.float64) for w, s in got) / total).astype(np.float32)
+                for k in got[0][1]}
+        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+
+    def _fits(self, stats: dict[str, np.ndarray]) -> bool:
+        want = {k: v for k, v in self.layout.items() if k.endswith(BN_STATS)}
+        return (set(stats) == set(want)
+                and all(tuple(stats[k].shape) == tuple(want[k][0]) for k in want)
+                and all(np.isfinite(v).all() for v in stats.values())
+                and all((v >= 0).all() for k, v in stats.items() if k.endswith("running_var")))
+
+
 def make_strategy(settings: RunSettings) -> Strategy:
     """The aggregation by name, with update screening, node deadlines and the round log; wrapped
     in Flower's client-side fixed-clipping DP when `dp-noise-multiplier` > 0 (server/privacy.py)."""
@@ -91,9 +131,11 @@ def make_strategy(settings: RunSettings) -> Strategy:
         base = FedAvg
     # (With a robust aggregation, FedProx's proximal-mu still reaches clients via the train config.)
     cls = type(f"Logged{base.__name__}",
-               (UpdateValidationMixin, NodeDeadlineMixin, RoundLogMixin, base), {})
+               (UpdateValidationMixin, NodeDeadlineMixin, RoundLogMixin, BatchNormStatsMixin,
+                base), {})
     strategy = cls(**common)
     strategy.last_round = []
+    strategy.bn_stats = {}
     strategy.rejected = []
     strategy.norm_factor = settings.update_norm_factor
     strategy.max_update_norm = settings.max_update_norm

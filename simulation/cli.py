@@ -193,6 +193,9 @@ def run_cmd(
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
                                 "'default', 'all', 'none', '-name' removes one."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's last checkpoint."),
+    recalibrate_bn: bool = typer.Option(True, "--recalibrate-bn/--no-recalibrate-bn",
+                                        help="Contributors re-estimate the global model's "
+                                        "BatchNorm statistics each round (see README)."),
     dp_noise: float = typer.Option(0.0, "--dp-noise", min=0.0, help="Differential privacy: noise "
                                    "multiplier z (0: off; see README's trust section)."),
     dp_clip: float | None = typer.Option(None, "--dp-clip", help="DP clipping norm of each "
@@ -219,7 +222,8 @@ def run_cmd(
                            batch_size=batch_size, min_nodes=min(min_nodes, contributors),
                            fraction_train=fraction, augment=",".join(parse_augment(augment)),
                            heldout=str(heldout),
-                           resume=resume, dp_noise_multiplier=dp_noise)
+                           resume=resume, dp_noise_multiplier=dp_noise,
+                           recalibrate_bn=recalibrate_bn)
     if dp_clip is not None:
         settings.dp_clipping_norm = dp_clip
     if dp_delta is not None:

@@ -21,6 +21,8 @@ from flwr.app import (
 )
 
 from beatsight.client.clientapp import make_client_app
+from beatsight.client.evaluation import batchnorm_statistics
+from beatsight.client.store import SampleStore
 from beatsight.common.checkpoint import load_model
 from beatsight.common.model import DrumClassifierCNN
 from beatsight.common.templates import usable
@@ -80,8 +82,18 @@ def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federa
     # statistics), so `process` can use them: a weighted mean of rows that each sum to 1 (or
     # are 0 where a contributor lacks the family)
     assert usable(model.templates.numpy())
-    sums = model.templates.sum(dim=1)
+    sums = model.templates.sum(dim=(1, 2))
     assert bool(((sums > 0) & (sums <= 1 + 1e-4)).all()), sums
+    # BatchNorm statistics: the contributors' re-estimate under the final weights, averaged by
+    # sample count (server/strategy.py), not the average of their training-time statistics
+    sets = [SampleStore(p).feature_set(progress=False).arrays()[0] for p in stores]
+    per = [batchnorm_statistics(model, X) for X in sets]
+    n = np.array([len(X) for X in sets], float)
+    state = model.state_dict()
+    assert per[0]
+    for k in per[0]:
+        want = sum(w * p[k] for w, p in zip(n, per, strict=True)) / n.sum()
+        np.testing.assert_allclose(state[k].numpy(), want, rtol=1e-3, atol=1e-5, err_msg=k)
     assert (out / "heldout_accuracy.png").stat().st_size > 1000
     assert (out / "checkpoints" / "latest.pth").exists()
 
@@ -89,11 +101,13 @@ def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federa
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert len([e for e in entries if e["type"] == "train"]) == 6
     expected = {k: list(v.shape) for k, v in DrumClassifierCNN().state_dict().items()}
+    bn = {k: v for k, v in expected.items() if k.endswith(("running_mean", "running_var"))}
+    assert len([e for e in entries if "bn-stats" in e["records"]]) == 6   # evaluate, 2 rounds
     for e in entries:
-        for rec in e["records"].values():
+        for name, rec in e["records"].items():
             assert rec["kind"] in ("arrays", "metrics")
-            if rec["kind"] == "arrays":
-                assert rec["shapes"] == expected
+            if rec["kind"] == "arrays":   # the model's arrays, or its BatchNorm statistics
+                assert rec["shapes"] == (bn if name == "bn-stats" else expected)
             else:
                 assert all(isinstance(v, (int, float)) for v in rec["values"].values())
                 assert set(rec["values"]) <= {"num-examples", "train-loss", "train-accuracy",
