@@ -93,7 +93,10 @@ def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federa
     assert per[0]
     for k in per[0]:
         want = sum(w * p[k] for w, p in zip(n, per, strict=True)) / n.sum()
-        np.testing.assert_allclose(state[k].numpy(), want, rtol=1e-3, atol=1e-5, err_msg=k)
+        # float sums in other orders and thread counts: agreement to 0.1 % of the layer's scale
+        # (the main job's averaged training-time statistics are 3-19 % of it away from these)
+        np.testing.assert_allclose(state[k].numpy(), want, rtol=1e-3,
+                                   atol=1e-3 * float(np.abs(want).max()), err_msg=k)
     assert (out / "heldout_accuracy.png").stat().st_size > 1000
     assert (out / "checkpoints" / "latest.pth").exists()
 
