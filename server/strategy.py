@@ -16,7 +16,13 @@ from beatsight.common.model import DrumClassifierCNN
 from .deadline import NodeDeadlineMixin
 from .privacy import CLIP_TOLERANCE, DP_WEIGHT, ClientSideDP
 from .settings import RunSettings
-from .validation import UpdateValidationMixin, layout_of
+from .validation import (
+    UpdateRejected,
+    UpdateValidationMixin,
+    check_arrays,
+    check_count,
+    layout_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ class BatchNormStatsMixin:
     in the evaluate phase (client/clientapp.py), weighted by their sample counts, into
     `bn_stats[round]`; the server evaluates and saves the model with them. Replies whose
     statistics do not fit the model (other names or shapes, not finite, negative variance) are
-    left out of the mean."""
+    left out of the mean, as are replies with an invalid count."""
 
     bn_stats: dict[int, dict[str, np.ndarray]]
     layout: dict
@@ -86,11 +92,14 @@ class BatchNormStatsMixin:
             if msg.has_error() or "bn-stats" not in msg.content:
                 continue
             stats = {k: v.numpy() for k, v in msg.content["bn-stats"].items()}
-            if self._fits(stats):
-                got.append((float(msg.content["metrics"]["num-examples"]), stats))
-            else:
-                log.warning("node %s: BatchNorm statistics that do not fit the model, left out",
-                            msg.metadata.src_node_id)
+            n = msg.content["metrics"].get("num-examples") if "metrics" in msg.content else None
+            try:
+                self._check(stats, n)
+            except UpdateRejected as exc:
+                log.warning("node %s: BatchNorm statistics left out: %s",
+                            msg.metadata.src_node_id, exc)
+                continue
+            got.append((float(n), stats))
         total = sum(w for w, _ in got)
         if total > 0:
             self.bn_stats[server_round] = {
@@ -98,12 +107,13 @@ class BatchNormStatsMixin:
                 for k in got[0][1]}
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
 
-    def _fits(self, stats: dict[str, np.ndarray]) -> bool:
-        want = {k: v for k, v in self.layout.items() if k.endswith(BN_STATS)}
-        return (set(stats) == set(want)
-                and all(tuple(stats[k].shape) == tuple(want[k][0]) for k in want)
-                and all(np.isfinite(v).all() for v in stats.values())
-                and all((v >= 0).all() for k, v in stats.items() if k.endswith("running_var")))
+    def _check(self, stats: dict[str, np.ndarray], n: object) -> None:
+        """Fit the model's BatchNorm buffers (validation.check_arrays), a valid count, variances
+        >= 0; else UpdateRejected."""
+        check_arrays(stats, {k: v for k, v in self.layout.items() if k.endswith(BN_STATS)})
+        check_count(n)
+        if any((v < 0).any() for k, v in stats.items() if k.endswith("running_var")):
+            raise UpdateRejected("negative variance")
 
 
 def make_strategy(settings: RunSettings) -> Strategy:

@@ -52,6 +52,13 @@ def check_structure(content: RecordDict, reference: Layout) -> dict[str, np.ndar
         arrays = _arrays_of(content["arrays"])
     except Exception as exc:  # undecodable bytes from the wire
         raise UpdateRejected(f"arrays cannot be decoded ({type(exc).__name__})") from None
+    check_arrays(arrays, reference)
+    check_count(content["metrics"].get("num-examples"))
+    return arrays
+
+
+def check_arrays(arrays: dict[str, np.ndarray], reference: Layout) -> None:
+    """The keys, shapes and dtypes of `reference`, finite values; else UpdateRejected."""
     missing, extra = set(reference) - set(arrays), set(arrays) - set(reference)
     if missing or extra:
         raise UpdateRejected(f"array keys differ: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
@@ -63,10 +70,12 @@ def check_structure(content: RecordDict, reference: Layout) -> dict[str, np.ndar
             raise UpdateRejected(f"{k}: dtype {a.dtype}, expected {dtype}")
         if a.dtype.kind in "fc" and not np.isfinite(a).all():
             raise UpdateRejected(f"{k}: non-finite values (NaN or inf)")
-    n = content["metrics"].get("num-examples")
+
+
+def check_count(n: object) -> None:
+    """A reply's `num-examples`, the weight it gets in a mean; else UpdateRejected."""
     if not isinstance(n, (int, float)) or not math.isfinite(n) or not 0 < n <= MAX_EXAMPLES:
         raise UpdateRejected(f"num-examples {n!r}: expected a count in 1..{MAX_EXAMPLES}")
-    return arrays
 
 
 def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from beatsight.client.evaluation import batchnorm_statistics
 from beatsight.common.model import DrumClassifierCNN
 from beatsight.server.settings import RunSettings
 from beatsight.server.strategy import make_strategy
+from beatsight.server.validation import UpdateRejected
 
 
 def _data(n: int = 10, seed: int = 0) -> np.ndarray:
@@ -39,12 +41,16 @@ def test_statistics_are_the_data_s_moments_under_the_model_s_weights() -> None:
 def test_strategy_keeps_only_statistics_that_fit_the_model() -> None:
     strategy = make_strategy(RunSettings())
     good = batchnorm_statistics(DrumClassifierCNN(), _data(4))
-    assert strategy._fits(good)
+    strategy._check(good, 4)
     k = next(k for k in good if k.endswith("running_var"))
-    assert not strategy._fits({**good, k: -good[k] - 1})                 # negative variance
-    assert not strategy._fits({**good, k: np.full_like(good[k], np.nan)})
-    assert not strategy._fits({**good, k: good[k][:-1]})                 # other shape
-    assert not strategy._fits({kk: v for kk, v in good.items() if kk != k})
+    for bad, n in (({**good, k: -good[k] - 1}, 4),                      # negative variance
+                   ({**good, k: np.full_like(good[k], np.nan)}, 4),
+                   ({**good, k: good[k][:-1]}, 4),                       # other shape
+                   ({kk: v for kk, v in good.items() if kk != k}, 4),
+                   ({**good, k: good[k].astype(np.float64)}, 4),         # other dtype
+                   (good, 1e12), (good, 0), (good, None)):               # counts weigh the mean
+        with pytest.raises(UpdateRejected):
+            strategy._check(bad, n)
     assert RunSettings().recalibrates_bn
     assert not RunSettings(dp_noise_multiplier=1.0).recalibrates_bn
     assert not RunSettings(fraction_evaluate=0.0).recalibrates_bn
