@@ -146,10 +146,13 @@ def main() -> None:
         ratio = base_took / took
         print(f"speed-up: {ratio:.1f}x over the original approach "
               f"(CNN stage alone {base.timings['classify'] / res.timings['classify']:.1f}x)")
-        ok_rt = res.duration_s / took >= TARGET_REALTIME
-        ok_sp = ratio >= TARGET_SPEEDUP
-        print(f"targets: >= {TARGET_REALTIME:.0f}x real time: {'met' if ok_rt else 'MISSED'}; "
-              f">= {TARGET_SPEEDUP:.0f}x the original: {'met' if ok_sp else 'MISSED'}")
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        print(f"targets: >= {TARGET_REALTIME:.0f}x real time: in-process "
+              f"{verdict(res.duration_s / took >= TARGET_REALTIME)}, fresh command "
+              f"{verdict(res.duration_s / cli_took >= TARGET_REALTIME)}; "
+              f">= {TARGET_SPEEDUP:.0f}x the original: {verdict(ratio >= TARGET_SPEEDUP)}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def main() -> None:
                          "touching the held-out kits")
     ap.add_argument("--no-templates", dest="templates", action="store_false",
                     help="ignore the model's drum-family templates (the classifier decides)")
+    ap.add_argument("--no-song-templates", dest="song_templates", action="store_false",
+                    help="the model's templates as they are, not blended with the song's hits")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
                     help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
@@ -55,6 +57,7 @@ def main() -> None:
                                       args.seed + 10 * k + s, duration_s=args.seconds)
                 est = Path(tmp) / f"{k}-{s}.est.bsm"
                 process_file(wav, est, ProcessOptions(templates=args.templates,
+                                                       song_templates=args.song_templates,
                                                        sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))

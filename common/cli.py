@@ -76,6 +76,10 @@ def process(
                                    "templates (convolutive NMF), each on its own, where the "
                                    "model has them; --no-templates: the classifier and band "
                                    "checks decide."),
+    song_templates: bool = typer.Option(True, "--song-templates/--no-song-templates",
+                                        help="Blend the templates with the song's own clearest "
+                                        "kicks, snares and hi-hats and decompose again (adapts "
+                                        "to the song's kit)."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
@@ -102,8 +106,8 @@ def process(
                              f"{', '.join(QUANTIZATIONS)}")
     opts = ProcessOptions(confidence=confidence, sensitivity=sensitivity,
                           quantization=quantization, max_snap_ms=max_snap_ms,
-                          secondary=secondary, band_checks=band_checks, templates=templates, device=device,
-                          precision=precision)
+                          secondary=secondary, band_checks=band_checks, templates=templates,
+                          song_templates=song_templates, device=device, precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:
         from .signing import check_model

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +49,7 @@ class ProcessOptions:
     band_checks: bool = True         # add a kick / hi-hat heard under the primary hit
     templates: bool = True           # kick, snare, hi-hat from the model's drum-family templates
     #                                  (common.templates) where it has them; band checks then off
+    song_templates: bool = True      # blend the templates with the song's own confident hits
     device: str | None = None
     precision: str = "auto"          # CNN arithmetic: auto, fp32, bf16, int8 (see inference)
 
@@ -240,7 +241,9 @@ def transcribe(
     info["templates"] = False
     if use_templates and n:
         t0 = time.perf_counter()
-        found = templates.onset_families(audio, onsets, tpl, spec=spec)
+        found = templates.onset_families(
+            audio, onsets, tpl, spec=spec,
+            s=replace(templates.DEFAULT, adapt=opts.song_templates))
         classes = with_families(classes, found, probs)
         info["templates"] = True
         info["timings"]["templates"] = time.perf_counter() - t0

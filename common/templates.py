@@ -10,8 +10,9 @@ like the BatchNorm statistics). `process` explains the song's spectrogram as a n
 of those templates, each started at any frame (convolutive NMF, "NMFD", KL divergence, templates
 fixed: `activations`), and reports a family at an onset when its activation rises there by a
 share of the song's typical rise (`onset_families`; thresholds chosen on renders of training
-kits, see the README). One spectrum per family (the first version) scored lower on the same dev
-renders: kick 0.86 vs 0.93, snare 0.75 vs 0.79.
+kits, see the README). The song's kit is not among the training kits, so by default the song is
+decomposed twice: the second time with templates blended with the song's own clearest hits of
+each family (`song_templates`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class TemplateSettings:
     floor_ms: tuple[float, float] = (-40.0, -20.0)  # ... minus its floor here
     iterations: int = 30           # multiplicative updates of the activations
     chunk_frames: int = 6000       # 35 s of frames per NMF problem (bounded memory)
+    # Song adaptation: each family's template is blended with the song's own hits of it (onsets
+    # where its rise is >= adapt_rise of the song's 95th percentile and >= adapt_share of the
+    # onset's summed rise, at least adapt_min of them), and the song is decomposed again.
+    adapt: bool = True
+    adapt_rise: float = 0.5
+    adapt_share: float = 0.6
+    adapt_min: int = 8
+    adapt_weight: float = 0.5      # the song's part in the blended template
 
     def frames_of(self, ms: float) -> int:
         return int(round(ms / 1000.0 * self.frames.sample_rate / self.frames.hop))
@@ -122,13 +131,16 @@ def activations(spec: np.ndarray, templates: np.ndarray, s: TemplateSettings = D
                 ) -> np.ndarray:
     """(families, frames) H >= 0 minimising KL(spec || sum_t W_t H shifted by t), the templates
     W fixed: how strongly each family starts at each frame. Frames are summed in `s.pool`s
-    first (H is repeated back to the spectrogram's frames); chunked so long songs stay bounded."""
+    first (H is repeated back to the spectrogram's frames); chunked so long songs stay bounded.
+    The shifted copies of H are stacked so each update is one matrix product per direction."""
     p = s.pool
     W = np.asarray(templates, np.float32)
     have = W.sum(axis=(1, 2)) > 0
-    W = W[have].reshape(int(have.sum()), N_BANDS, SPAN // p, p).sum(axis=3)
+    r = int(have.sum())
+    W = W[have].reshape(r, N_BANDS, SPAN // p, p).sum(axis=3)
     W /= W.sum(axis=(1, 2), keepdims=True)          # each sums to 1: the update needs no divisor
-    taps = [np.ascontiguousarray(W[:, :, t].T) for t in range(W.shape[2])]   # (bands, families)
+    lags = W.shape[2]
+    stacked = np.ascontiguousarray(W.transpose(1, 2, 0).reshape(N_BANDS, lags * r))
     n = spec.shape[1]
     H = np.zeros((len(templates), n), np.float32)
     step = s.chunk_frames // p * p
@@ -137,34 +149,27 @@ def activations(spec: np.ndarray, templates: np.ndarray, s: TemplateSettings = D
         m = -(-V.shape[1] // p)                      # pooled frames, the last one zero-padded
         V = np.pad(V, ((0, 0), (0, m * p - V.shape[1]))).reshape(N_BANDS, m, p).sum(axis=2)
         V += np.float32(1e-9)
-        h = np.full((W.shape[0], m), V.mean() / W.shape[0], np.float32)
+        h = np.full((r, m), V.mean() / r, np.float32)
+        shifted = np.zeros((lags, r, m), np.float32)   # shifted[t, :, k] = h[:, k - t]
+        used = range(min(lags, m))
         for _ in range(s.iterations):
-            model = np.zeros_like(V)
-            for t, w in enumerate(taps[:m]):
-                model[:, t:] += w @ h[:, :m - t]
-            ratio = V / model
-            grad = np.zeros_like(h)
-            for t, w in enumerate(taps[:m]):
-                grad[:, :m - t] += w.T @ ratio[:, t:]
+            for t in used:
+                shifted[t, :, t:] = h[:, :m - t]
+            ratio = stacked @ shifted.reshape(lags * r, m)
+            np.divide(V, ratio, out=ratio)
+            back = (stacked.T @ ratio).reshape(lags, r, m)
+            grad = back[0].copy()
+            for t in used[1:]:
+                grad[:, :m - t] += back[t, :, t:]
             h *= grad
         H[have, a:a + step] = np.repeat(h, p, axis=1)[:, :min(step, n - a)]
     return H
 
 
-def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarray,
-                   thresholds: dict[str, float] = THRESHOLDS, s: TemplateSettings = DEFAULT,
-                   spec: np.ndarray | None = None, shares: dict[str, float] | None = None
-                   ) -> np.ndarray:
-    """(onsets, families) bool: which of the `thresholds` families start at each onset. A
-    family's rise at an onset is its activation's peak in `peak_ms` around the onset minus its
-    floor in `floor_ms` before it; it counts relative to the song's 95th-percentile rise, or
-    (families in `shares`, default SHARES) as its share of the onset's summed rise. `spec`: the
-    song's `spectrogram`, if already computed."""
-    shares = SHARES if shares is None else shares
-    out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
-    if not len(onsets_s):
-        return out
-    H = activations(spectrogram(audio, s) if spec is None else spec, templates, s)
+def rises(H: np.ndarray, onsets_s: np.ndarray, s: TemplateSettings = DEFAULT
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(onsets, families) activation rise at each onset (peak in `peak_ms` around it minus the
+    floor in `floor_ms` before it) and the frame of that peak."""
     n = H.shape[1]
     fr = np.clip(np.round(np.asarray(onsets_s) * s.frames.sample_rate / s.frames.hop)
                  .astype(np.int64), 0, n - 1)
@@ -174,14 +179,75 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
                        n - 1)
 
     peak_idx, floor_idx = span(s.peak_ms), span(s.floor_ms)
-    rises = np.maximum(H[:, peak_idx].max(axis=2) - H[:, floor_idx].min(axis=2), 0.0).T
-    share = rises / np.maximum(rises.sum(axis=1, keepdims=True), 1e-30)
+    peaks = H[:, peak_idx]                                        # (families, onsets, span)
+    rise = np.maximum(peaks.max(axis=2) - H[:, floor_idx].min(axis=2), 0.0).T
+    at = np.take_along_axis(peak_idx[None], peaks.argmax(axis=2)[..., None], axis=2)[..., 0].T
+    return rise, at
+
+
+def _shares(rise: np.ndarray) -> np.ndarray:
+    return rise / np.maximum(rise.sum(axis=1, keepdims=True), 1e-30)
+
+
+def song_templates(spec: np.ndarray, templates: np.ndarray, H: np.ndarray, rise: np.ndarray,
+                   at: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
+    """The templates blended with this song's own hits: a kit's kick is nearer its own kick than
+    the training kits' mean. A family's exemplars are its confident onsets (a large rise that is
+    most of the onset's), each the song's SPAN frames from the activation's peak, masked to that
+    family's part of the decomposition (its reconstruction over the total), normalised to sum 1."""
+    W = np.asarray(templates, np.float32)
+    W = W / np.maximum(W.sum(axis=(1, 2), keepdims=True), 1e-30)
+    n = spec.shape[1]
+    share = _shares(rise)
+    out = W.copy()
+    lags = np.arange(SPAN)
+    for f in np.flatnonzero(W.sum(axis=(1, 2)) > 0):
+        scale = np.percentile(rise[:, f], 95)
+        pick = np.flatnonzero((rise[:, f] >= s.adapt_rise * scale) & (share[:, f] >= s.adapt_share)
+                              & (at[:, f] + SPAN <= n))
+        if scale <= SILENT_RISE or len(pick) < s.adapt_min:
+            continue
+        own = np.zeros_like(W[f])
+        for i in range(0, len(pick), 512):                             # bounded memory
+            cols = at[pick[i:i + 512], f][:, None] + lags              # (P, SPAN) frames
+            # each family's reconstruction there: sum over lags t of W[:, :, t] H[k - t]
+            src = cols[:, :, None] - lags                              # (P, SPAN, lags)
+            h = H[:, np.maximum(src, 0)] * (src >= 0)                  # (fam, P, SPAN, lags)
+            parts = np.einsum("cbt,cpjt->cpbj", W, h)                  # (fam, P, bands, SPAN)
+            seg = spec[:, cols].transpose(1, 0, 2) * (
+                parts[f] / np.maximum(parts.sum(axis=0), 1e-30))       # (P, bands, SPAN)
+            own += (seg / np.maximum(seg.sum(axis=(1, 2), keepdims=True), 1e-30)).sum(axis=0)
+        if own.sum() > 0:
+            out[f] = (1 - s.adapt_weight) * W[f] + s.adapt_weight * own / own.sum()
+    return out
+
+
+def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarray,
+                   thresholds: dict[str, float] = THRESHOLDS, s: TemplateSettings = DEFAULT,
+                   spec: np.ndarray | None = None, shares: dict[str, float] | None = None
+                   ) -> np.ndarray:
+    """(onsets, families) bool: which of the `thresholds` families start at each onset. A
+    family counts where its `rises` reach a share of the song's 95th-percentile rise, or
+    (families in `shares`, default SHARES) where it holds that share of the onset's summed
+    rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`.
+    `spec`: the song's `spectrogram`, if already computed."""
+    shares = SHARES if shares is None else shares
+    out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
+    if not len(onsets_s):
+        return out
+    spec = spectrogram(audio, s) if spec is None else spec
+    H = activations(spec, templates, s)
+    rise, at = rises(H, onsets_s, s)
+    if s.adapt:
+        H = activations(spec, song_templates(spec, templates, H, rise, at, s), s)
+        rise, _ = rises(H, onsets_s, s)
+    share = _shares(rise)
     for name, theta in thresholds.items():
         f = FAMILIES.index(name)
-        rise = rises[:, f]
-        scale = np.percentile(rise, 95)
+        r = rise[:, f]
+        scale = np.percentile(r, 95)
         if scale > SILENT_RISE:
-            out[:, f] = rise >= theta * scale
+            out[:, f] = r >= theta * scale
             if name in shares:   # a ghost note: quiet, but mostly this family
-                out[:, f] |= (share[:, f] >= shares[name]) & (rise > SILENT_RISE)
+                out[:, f] |= (share[:, f] >= shares[name]) & (r > SILENT_RISE)
     return out
