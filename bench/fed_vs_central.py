@@ -38,13 +38,14 @@ LAST = 3  # rounds / epochs averaged for the comparison
 
 
 def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_size: int,
-              augment: str, out: Path, mu: float = 0.0, recalibrate_bn: bool = True) -> list[dict]:
+              augment: str, out: Path, mu: float = 0.0, recalibrate_bn: bool = True,
+              lr: float = RunSettings.lr) -> list[dict]:
     # the contributors' evaluate phase runs only to re-estimate the BatchNorm statistics
     settings = RunSettings(num_rounds=rounds, heldout=str(heldout), out_dir=str(out), seed=seed,
                            threads=1, min_nodes=len(stores),
                            fraction_evaluate=1.0 if recalibrate_bn else 0.0,
                            recalibrate_bn=recalibrate_bn,
-                           batch_size=batch_size, augment=augment,
+                           batch_size=batch_size, augment=augment, lr=lr,
                            strategy="fedprox" if mu > 0 else "fedavg", proximal_mu=mu)
     simulate_in_process(settings, stores)
     rounds_ = json.loads((out / "history.json").read_text())["rounds"]
@@ -69,6 +70,8 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
          batch_size: int = typer.Option(RunSettings.batch_size, help="Both sides' batch size."),
          augment: str = typer.Option(",".join(DEFAULT_AUGMENT)),
          mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal weight (0: FedAvg)."),
+         fed_lr: float = typer.Option(RunSettings.lr, min=0.0, help="The contributors' learning "
+                                      "rate (the centralised reference keeps the default)."),
          recalibrate_bn: bool = typer.Option(True, "--recalibrate-bn/--no-recalibrate-bn",
                                              help="The federation's BatchNorm statistics "
                                              "re-estimated by the contributors each round."),
@@ -90,19 +93,19 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation", mu,
-                    recalibrate_bn)
+                    recalibrate_bn, fed_lr)
     t_fed = time.perf_counter() - t0
     cen = central(stores, heldout, rounds, seed, batch_size, augment) if with_central else []
     t_cen = time.perf_counter() - t0 - t_fed
     print(f"{split} contributors{' + SoundFont kits' if font_kits else ''}, seed {seed}, "
           f"batch {batch_size}, augment {augment}, "
-          f"{'FedProx mu ' + str(mu) if mu > 0 else 'FedAvg'}")
+          f"{'FedProx mu ' + str(mu) if mu > 0 else 'FedAvg'}, contributors' lr {fed_lr:g}")
     print("round/epoch   federated acc / F1   central acc / F1")
     for i, f in enumerate(fed, 1):
         c = f"{cen[i - 1]['accuracy']:.3f} / {cen[i - 1]['macro_f1']:.3f}" if cen else "-"
         print(f"{i:>11}   {f['accuracy']:.3f} / {f['macro_f1']:.3f}        {c}")
     res = {"split": split, "font_kits": font_kits, "seed": seed, "rounds": rounds, "batch_size": batch_size,
-           "augment": augment, "mu": mu,
+           "augment": augment, "mu": mu, "fed_lr": fed_lr,
            "seconds": {"federated": round(t_fed), "central": round(t_cen)}}
     for key in ("accuracy", "macro_f1"):
         f_last = float(np.mean([r[key] for r in fed[-LAST:]]))

@@ -17,10 +17,15 @@ Tests that use these fixtures should be marked `@pytest.mark.needs_kits`.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Computed-once data (common.features.cache_dir) goes to a directory of this test session, so
+# tests neither read nor write the user's cache; processes they start inherit it.
+os.environ.setdefault("BEATSIGHT_CACHE_DIR", tempfile.mkdtemp(prefix="beatsight-cache-"))
 
 SMALL_KIT = "Millo_MultiLayered3"
 SONG_SECONDS = 4.0

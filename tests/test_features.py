@@ -108,3 +108,43 @@ def test_patches_survive_scipys_fft_pool_being_down(monkeypatch):
     monkeypatch.setattr(scipy.fft, "rfft", pool_down)
     np.testing.assert_array_equal(windows_to_patches(w), expected)
     assert calls == [-1, 1]
+
+
+_PATCH_SCRIPT = """
+import sys, numpy as np
+from beatsight.common.features import windows_to_patches, DEFAULT_SETTINGS
+w = np.random.default_rng(0).standard_normal((2, DEFAULT_SETTINGS.window_samples)).astype(np.float32)
+np.save(sys.argv[1], windows_to_patches(w))
+print("librosa.filters" in sys.modules)
+"""
+
+
+def test_mel_filters_are_librosas_and_cached_between_processes(tmp_path, monkeypatch):
+    """The first process computes librosa's filters and keeps them; the next one gets the same
+    patches without importing librosa.filters (~0.9 s of start-up); a damaged cache file is
+    computed again."""
+    import subprocess
+    import sys
+
+    import librosa
+
+    monkeypatch.setenv("BEATSIGHT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(name: str) -> tuple[bool, np.ndarray]:
+        out = subprocess.run([sys.executable, "-c", _PATCH_SCRIPT, str(tmp_path / name)],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip() == "True", np.load(tmp_path / name)
+
+    imported_first, first = run("a.npy")
+    cached = list((tmp_path / "cache").glob("mel-*.npy"))
+    assert imported_first and len(cached) == 1
+    s = DEFAULT_SETTINGS
+    np.testing.assert_array_equal(np.load(cached[0]), librosa.filters.mel(
+        sr=s.sample_rate, n_fft=s.n_fft, n_mels=s.n_mels, fmax=s.fmax).astype(np.float32))
+    imported_second, second = run("b.npy")
+    assert not imported_second
+    np.testing.assert_array_equal(first, second)
+    cached[0].write_bytes(b"not an array")
+    imported_third, third = run("c.npy")
+    assert imported_third
+    np.testing.assert_array_equal(first, third)
