@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,14 +100,15 @@ def _mel_basis(settings: FeatureSettings) -> tuple[np.ndarray, int]:
     if mel is None or mel.shape != (settings.n_mels, settings.n_fft // 2 + 1):
         mel = librosa.filters.mel(sr=settings.sample_rate, n_fft=settings.n_fft,
                                   n_mels=settings.n_mels, fmax=settings.fmax).astype(np.float32)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:   # best effort: a read-only home only costs the import next time
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             with tmp.open("wb") as fh:
                 np.save(fh, mel)
             os.replace(tmp, path)
         except OSError:
-            pass
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
     mel = np.asarray(mel, np.float32)
     n_bins = int(np.nonzero(mel.any(axis=0))[0].max()) + 1
     return np.ascontiguousarray(mel[:, :n_bins]), n_bins

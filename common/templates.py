@@ -213,7 +213,9 @@ def song_templates(spec: np.ndarray, templates: np.ndarray, H: np.ndarray, rise:
             # each family's reconstruction there: sum over lags t of W[:, :, t] H[k - t]
             src = cols[:, :, None] - lags                              # (P, SPAN, lags)
             h = H[:, np.maximum(src, 0)] * (src >= 0)                  # (fam, P, SPAN, lags)
-            parts = np.einsum("cbt,cpjt->cpbj", W, h)                  # (fam, P, bands, SPAN)
+            # (fam, P, bands, SPAN); H is the pooled activations repeated, which scales every
+            # family's part alike and leaves the mask as it is
+            parts = np.einsum("cbt,cpjt->cpbj", W, h, optimize=True)
             seg = spec[:, cols].transpose(1, 0, 2) * (
                 parts[f] / np.maximum(parts.sum(axis=0), 1e-30))       # (P, bands, SPAN)
             own += (seg / np.maximum(seg.sum(axis=(1, 2), keepdims=True), 1e-30)).sum(axis=0)

@@ -136,7 +136,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
 
     try:
-        result = strategy.start(
+        strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=remaining,
@@ -150,10 +150,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict:
         console.print(f"run stopped early: {exc}\nthe last finished round is in {paths.latest}; "
                       "continue with `beatsight-server run --resume` (run config resume=true)")
         return last
-    final_state = (final if final is not None else _state_dict(result.arrays)
-                   if result.arrays is not None else model.state_dict())
+    # evaluate_fn ran for round 0 and after every round: `final` is the last global model, with
+    # the contributors' BatchNorm statistics where they sent them
+    assert final is not None, "the strategy never evaluated"
     privacy = _privacy(strategy)
-    save_checkpoint(paths.final, _checkpoint(final_state, settings.num_rounds, last, settings, privacy))
+    save_checkpoint(paths.final, _checkpoint(final, settings.num_rounds, last, settings, privacy))
     history.plot(paths.plot)
     console.print(f"global model: {paths.final}\nhistory: {paths.history}\nplot: {paths.plot}")
     if privacy:
