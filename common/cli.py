@@ -78,8 +78,8 @@ def process(
                                    "checks decide."),
     song_templates: bool = typer.Option(True, "--song-templates/--no-song-templates",
                                         help="Blend the templates with the song's own clearest "
-                                        "kicks, snares and hi-hats and decompose again (adapts "
-                                        "to the song's kit)."),
+                                        "hits and decompose again; kick and snare are decided "
+                                        "on that second pass (adapts to the song's kit)."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
