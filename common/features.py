@@ -20,6 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import SAMPLE_RATE
+from .onsets import periodic_hann
 
 AMIN = 1e-10
 
@@ -114,11 +115,6 @@ def _mel_basis(settings: FeatureSettings) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(mel[:, :n_bins]), n_bins
 
 
-@lru_cache(maxsize=4)
-def _hann(n_fft: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-
-
 def _rfft(x: np.ndarray) -> np.ndarray:
     """rfft on every core; in the calling thread if scipy's pool is down. The pool shuts down
     while another thread forks (Ray starting its workers beside Flower's server thread) and
@@ -143,7 +139,7 @@ def windows_to_patches(
     out = np.zeros((n, 1, settings.n_mels, settings.frames), np.float32)
     mel, n_bins = _mel_basis(settings)
     half = settings.n_fft // 2
-    hann = _hann(settings.n_fft)
+    hann = periodic_hann(settings.n_fft)
     for i in range(0, n, chunk):
         x = np.pad(np.asarray(windows[i:i + chunk], np.float32), ((0, 0), (half, half)))
         frames = sliding_window_view(x, settings.n_fft, axis=1)[:, :: settings.hop]
