@@ -188,6 +188,9 @@ def run_cmd(
     lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
     batch_size: int = typer.Option(RunSettings.batch_size, "--batch-size", min=1,
                                    help="Contributors' batch size (small: more steps per round)."),
+    class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
+                                        help="Contributors weight the loss by inverse class "
+                                        "frequency (see README)."),
     min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="Minimum contributors per round."),
     fraction: float = typer.Option(1.0, "--fraction", help="Share of contributors per round."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
@@ -223,7 +226,7 @@ def run_cmd(
                            fraction_train=fraction, augment=",".join(parse_augment(augment)),
                            heldout=str(heldout),
                            resume=resume, dp_noise_multiplier=dp_noise,
-                           recalibrate_bn=recalibrate_bn)
+                           recalibrate_bn=recalibrate_bn, class_weighted=class_weighted)
     if dp_clip is not None:
         settings.dp_clipping_norm = dp_clip
     if dp_delta is not None:
@@ -249,6 +252,8 @@ def baseline_cmd(
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
     head: str = typer.Option("single", help="As for `run`."),
     pooling: str = typer.Option("avg", help="As for `run`."),
+    class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
+                                        help="As for `run`."),
     font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
@@ -260,7 +265,8 @@ def baseline_cmd(
     from .baseline import train_baseline
 
     stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit", font_kits)
-    cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head))
+    cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head),
+                      class_weighted=class_weighted)
     cfg.batch_size = batch_size or cfg.batch_size
     metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out,
                              check_pooling(pooling))

@@ -141,6 +141,38 @@ def test_client_reply_carries_weights_and_counts_only(small_federation):
     assert not np.allclose(new["fc.weight"].numpy(), model.state_dict()["fc.weight"].numpy())
 
 
+def test_class_weighting_reaches_the_contributors_training(small_federation, monkeypatch):
+    """Run config `class-weighted` goes from the server's train config into the contributor's
+    TrainConfig (default on, as `train`); off, the loss is unweighted (README, federation)."""
+    import beatsight.client.clientapp as clientapp
+    from beatsight.server.serverapp import _train_config
+
+    _, stores, _ = small_federation
+    seen: list[bool] = []
+    real_fit = clientapp.fit
+
+    def spy(model, data, cfg, **kw):
+        seen.append(cfg.class_weighted)
+        cfg.epochs = 0   # the config is what is checked here; training is tested above
+        return real_fit(model, data, cfg, **kw)
+
+    monkeypatch.setattr(clientapp, "fit", spy)
+    app = make_client_app([str(stores[0])])
+    for settings in (RunSettings(), RunSettings(class_weighted=False)):
+        cfg = dict(_train_config(settings))
+        assert cfg["class-weighted"] is settings.class_weighted
+        content = RecordDict({"arrays": ArrayRecord(DrumClassifierCNN().state_dict()),
+                              "config": ConfigRecord({**cfg, "server-round": 1})})
+        meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
+                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600,
+                        message_type=MessageType.TRAIN)
+        ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
+                      state=RecordDict(), run_config={})
+        assert not app(Message(content=content, metadata=meta), ctx).has_error()
+    assert seen == [True, False]
+    assert RunSettings.from_run_config({"class-weighted": "false"}).class_weighted is False
+
+
 def test_run_config_keys_are_checked():
     from beatsight.common.errors import BeatSightError
 
