@@ -117,21 +117,25 @@ def test_two_rounds_improve_heldout_accuracy_and_only_weights_leave(small_federa
                                               "accuracy", "loss"}
 
 
+def _train_message(model: DrumClassifierCNN, config: dict) -> tuple[Message, Context]:
+    """A train instruction for partition 0, as a SuperNode hands it to the ClientApp."""
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                          "config": ConfigRecord(config)})
+    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600,
+                    message_type=MessageType.TRAIN)
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
+                  state=RecordDict(), run_config={})
+    return Message(content=content, metadata=meta), ctx
+
+
 def test_client_reply_carries_weights_and_counts_only(small_federation):
     """The ClientApp called directly, as a SuperNode would: the reply has nothing but weights."""
     _, stores, _ = small_federation
     app = make_client_app([str(stores[0])])
     model = DrumClassifierCNN()
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                          "config": ConfigRecord({"local-epochs": 1, "lr": 1e-3, "batch-size": 32,
-                                                  "augment": "", "server-round": 1})})
-    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
-                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600,
-                    message_type=MessageType.TRAIN)
-    msg = Message(content=content, metadata=meta)
-    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
-                  state=RecordDict(), run_config={})
-    reply = app(msg, ctx)
+    reply = app(*_train_message(model, {"local-epochs": 1, "lr": 1e-3, "batch-size": 32,
+                                        "augment": "", "server-round": 1}))
     assert set(reply.content.keys()) == {"arrays", "metrics"}
     metrics = dict(reply.content["metrics"])
     n = metrics["num-examples"]
@@ -161,14 +165,8 @@ def test_class_weighting_reaches_the_contributors_training(small_federation, mon
     for settings in (RunSettings(), RunSettings(class_weighted=False)):
         cfg = dict(_train_config(settings))
         assert cfg["class-weighted"] is settings.class_weighted
-        content = RecordDict({"arrays": ArrayRecord(DrumClassifierCNN().state_dict()),
-                              "config": ConfigRecord({**cfg, "server-round": 1})})
-        meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
-                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600,
-                        message_type=MessageType.TRAIN)
-        ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
-                      state=RecordDict(), run_config={})
-        assert not app(Message(content=content, metadata=meta), ctx).has_error()
+        msg, ctx = _train_message(DrumClassifierCNN(), {**cfg, "server-round": 1})
+        assert not app(msg, ctx).has_error()
     assert seen == [True, False]
     assert RunSettings.from_run_config({"class-weighted": "false"}).class_weighted is False
 

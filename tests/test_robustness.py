@@ -137,8 +137,7 @@ def shared_evaluation(monkeypatch):
     monkeypatch.setattr(HeldOut, "evaluate", memo)
 
 
-def test_robust_aggregation_with_one_attacker_of_five(poisoning,
-                                                                              shared_evaluation):
+def test_robust_aggregation_with_one_attacker_of_five(poisoning, shared_evaluation):
     root, stores, heldout, flipped = poisoning
     cache = TrainingCache()
     names = [n for n in RUNS if n not in REPORT_ONLY or os.environ.get("BEATSIGHT_POISONING_ALL")]
