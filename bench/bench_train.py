@@ -163,9 +163,9 @@ def main() -> None:
                      work / "a.pt", cold=True),
             "ours, warm cache, fp32, no augmentation, no class weights":
                 Ours(root, args.seed, replace(base, augment=[], precision="fp32",
-                                              class_weighted=False), work / "b.pt", cold=False),
+                                              class_weight_power=0.0), work / "b.pt", cold=False),
             "ours, warm cache, auto precision, no augmentation, no class weights":
-                Ours(root, args.seed, replace(base, augment=[], class_weighted=False),
+                Ours(root, args.seed, replace(base, augment=[], class_weight_power=0.0),
                      work / "c.pt", cold=False),
         }
         wall = {k: v.load_s[0] for k, v in variants.items()}

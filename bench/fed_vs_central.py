@@ -10,7 +10,7 @@ round to the next at this scale, so one final number says little) and their rati
     .venv/bin/python bench/fed_vs_central.py --rounds 16 --seed 0
     .venv/bin/python bench/fed_vs_central.py --rounds 10 --split iid --out runs/fvc-iid
     .venv/bin/python bench/fed_vs_central.py --rounds 10 --mu 0.01 --no-central   # FedProx
-    .venv/bin/python bench/fed_vs_central.py --rounds 10 --no-class-weighted     # both unweighted
+    .venv/bin/python bench/fed_vs_central.py --rounds 10 --class-weight-power 0  # both unweighted
 
 Data: the main job's (5 contributors, 2 songs of 20 s each), built under --data if missing
 (default runs/data for seed 0, runs/data-s<seed> otherwise). Writes OUT/results.json.
@@ -40,14 +40,15 @@ LAST = 3  # rounds / epochs averaged for the comparison
 
 def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_size: int,
               augment: str, out: Path, mu: float = 0.0, recalibrate_bn: bool = True,
-              lr: float = RunSettings.lr, class_weighted: bool = True) -> list[dict]:
+              lr: float = RunSettings.lr,
+              class_weight_power: float = RunSettings.class_weight_power) -> list[dict]:
     # the contributors' evaluate phase runs only to re-estimate the BatchNorm statistics
     settings = RunSettings(num_rounds=rounds, heldout=str(heldout), out_dir=str(out), seed=seed,
                            threads=1, min_nodes=len(stores),
                            fraction_evaluate=1.0 if recalibrate_bn else 0.0,
                            recalibrate_bn=recalibrate_bn,
                            batch_size=batch_size, augment=augment, lr=lr,
-                           class_weighted=class_weighted,
+                           class_weight_power=class_weight_power,
                            strategy="fedprox" if mu > 0 else "fedavg", proximal_mu=mu)
     simulate_in_process(settings, stores)
     rounds_ = json.loads((out / "history.json").read_text())["rounds"]
@@ -55,14 +56,15 @@ def federated(stores: list[Path], heldout: Path, rounds: int, seed: int, batch_s
 
 
 def central(stores: list[Path], heldout: Path, epochs: int, seed: int, batch_size: int,
-            augment: str, class_weighted: bool = True) -> list[dict]:
+            augment: str, class_weight_power: float = RunSettings.class_weight_power) -> list[dict]:
     ho, curve = HeldOut.from_store(str(heldout)), []
 
     def on_epoch(rec: dict, model: torch.nn.Module, hist: object) -> None:
         curve.append(ho.evaluate({k: v.detach().cpu() for k, v in model.state_dict().items()}))
 
     cfg = TrainConfig(batch_size=batch_size, lr=RunSettings.lr, seed=seed,
-                      augment=augment.split(","), num_threads=1, class_weighted=class_weighted)
+                      augment=augment.split(","), num_threads=1,
+                      class_weight_power=class_weight_power)
     train_baseline(stores, heldout, epochs, cfg, on_epoch=on_epoch)
     return curve
 
@@ -77,9 +79,9 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
          recalibrate_bn: bool = typer.Option(True, "--recalibrate-bn/--no-recalibrate-bn",
                                              help="The federation's BatchNorm statistics "
                                              "re-estimated by the contributors each round."),
-         class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
-                                             help="Both sides weight the loss by inverse "
-                                             "class frequency."),
+         class_weight_power: float = typer.Option(
+             RunSettings.class_weight_power, min=0.0, help="Both sides weight the loss by "
+             "(inverse class frequency) ** POWER (0: unweighted)."),
          with_central: bool = typer.Option(True, "--central/--no-central",
                                            help="Also train the centralised reference."),
          font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits",
@@ -98,21 +100,22 @@ def main(rounds: int = typer.Option(16, min=LAST), seed: int = typer.Option(0),
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     fed = federated(stores, heldout, rounds, seed, batch_size, augment, out / "federation", mu,
-                    recalibrate_bn, fed_lr, class_weighted)
+                    recalibrate_bn, fed_lr, class_weight_power)
     t_fed = time.perf_counter() - t0
-    cen = (central(stores, heldout, rounds, seed, batch_size, augment, class_weighted)
+    cen = (central(stores, heldout, rounds, seed, batch_size, augment, class_weight_power)
            if with_central else [])
     t_cen = time.perf_counter() - t0 - t_fed
     print(f"{split} contributors{' + SoundFont kits' if font_kits else ''}, seed {seed}, "
           f"batch {batch_size}, augment {augment}, "
           f"{'FedProx mu ' + str(mu) if mu > 0 else 'FedAvg'}, contributors' lr {fed_lr:g}, "
-          f"{'class-weighted' if class_weighted else 'unweighted'} loss")
+          f"class weights (inverse frequency) ** {class_weight_power:g}")
     print("round/epoch   federated acc / F1   central acc / F1")
     for i, f in enumerate(fed, 1):
         c = f"{cen[i - 1]['accuracy']:.3f} / {cen[i - 1]['macro_f1']:.3f}" if cen else "-"
         print(f"{i:>11}   {f['accuracy']:.3f} / {f['macro_f1']:.3f}        {c}")
     res = {"split": split, "font_kits": font_kits, "seed": seed, "rounds": rounds, "batch_size": batch_size,
-           "augment": augment, "mu": mu, "fed_lr": fed_lr, "class_weighted": class_weighted,
+           "augment": augment, "mu": mu, "fed_lr": fed_lr,
+           "class_weight_power": class_weight_power,
            "seconds": {"federated": round(t_fed), "central": round(t_cen)}}
     for key in ("accuracy", "macro_f1"):
         f_last = float(np.mean([r[key] for r in fed[-LAST:]]))

@@ -192,8 +192,9 @@ def train(
                                       f"{', '.join(sorted(AUGMENTATIONS))}."),
     val_fraction: float = typer.Option(0.2, help="Validation share when DATASET is a store."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: all)."),
-    class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
-                                        help="Weight the loss by inverse class frequency."),
+    class_weight_power: float = typer.Option(
+        1.0, "--class-weight-power", min=0.0,
+        help="Loss weight of a class: (inverse class frequency) ** POWER; 0: unweighted."),
     precision: str = typer.Option("auto", help="fp32, bf16 (mixed precision), or auto: bf16 on "
                                   "CPUs with native bfloat16 (AVX512-BF16/AMX), else fp32."),
     head: str = typer.Option("single", help="single (softmax: one class per hit, the original) "
@@ -219,7 +220,7 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       augment=_split_list(augmentations) if augment else [],
                       early_stopping_patience=patience, freeze=_split_list(freeze),
-                      num_threads=threads, class_weighted=class_weighted,
+                      num_threads=threads, class_weight_power=class_weight_power,
                       precision=precision, head=check_head(head))
     if init_from is not None:
         from beatsight.common.signing import check_model

@@ -131,7 +131,7 @@ def make_client_app(data_dirs: list[str] | None = None, progress: bool = False,
             num_threads=int(cfg.get("threads", 0)) or None,
             early_stopping_patience=0,
             head=str(cfg.get("head", "single")),
-            class_weighted=bool(cfg.get("class-weighted", True)),
+            class_weight_power=float(cfg.get("class-weight-power", TrainConfig.class_weight_power)),
         )
         hist = fit(model, data, tc, progress=progress, global_params=global_params)
         last = hist[-1] if hist else {}

@@ -74,7 +74,7 @@ def _train_config(settings: RunSettings) -> ConfigRecord:
         "proximal-mu": settings.proximal_mu if settings.strategy == "fedprox" else 0.0,
         "augment": settings.augment,
         "head": settings.head,
-        "class-weighted": settings.class_weighted,
+        "class-weight-power": settings.class_weight_power,
         "seed": settings.seed,
         "threads": settings.threads,
     })

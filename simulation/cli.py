@@ -177,26 +177,28 @@ def run_cmd(
     seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0, help="Song length (s)."),
     split: str = typer.Option("per-kit", help="per-kit (non-IID) or iid."),
     font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
-    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    strategy: str = typer.Option(RunSettings.strategy, help="fedavg or fedprox."),
     mu: float = typer.Option(0.0, "--mu", help="FedProx proximal term weight."),
-    head: str = typer.Option("single", help="single (softmax) or multi (a sigmoid per class: "
-                             "hits struck together are all learnt; see README)."),
-    pooling: str = typer.Option("avg", help="The global model's pooling: avg (the seed's CNN) "
-                                "or avgmax (see README)."),
-    aggregation: str = typer.Option("fedavg", help="fedavg, trimmed-mean, median or krum "
-                                    "(robust to a poisoned contributor; see README)."),
-    lr: float = typer.Option(1e-3, help="Contributors' learning rate."),
+    head: str = typer.Option(RunSettings.head, help="single (softmax) or multi (a sigmoid per "
+                             "class: hits struck together are all learnt; see README)."),
+    pooling: str = typer.Option(RunSettings.pooling, help="The global model's pooling: avg (the "
+                                "seed's CNN) or avgmax (see README)."),
+    aggregation: str = typer.Option(RunSettings.aggregation, help="fedavg, trimmed-mean, median "
+                                    "or krum (robust to a poisoned contributor; see README)."),
+    lr: float = typer.Option(RunSettings.lr, help="Contributors' learning rate."),
     batch_size: int = typer.Option(RunSettings.batch_size, "--batch-size", min=1,
                                    help="Contributors' batch size (small: more steps per round)."),
-    class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
-                                        help="Contributors weight the loss by inverse class "
-                                        "frequency (see README)."),
+    class_weight_power: float = typer.Option(
+        RunSettings.class_weight_power, "--class-weight-power", min=0.0,
+        help="Contributors' loss weight of a class: (inverse class frequency) ** POWER; 0: "
+        "unweighted, 1: `train`'s (see README)."),
     min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="Minimum contributors per round."),
     fraction: float = typer.Option(1.0, "--fraction", help="Share of contributors per round."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="Augmentations: a comma list, "
                                 "'default', 'all', 'none', '-name' removes one."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's last checkpoint."),
-    recalibrate_bn: bool = typer.Option(True, "--recalibrate-bn/--no-recalibrate-bn",
+    recalibrate_bn: bool = typer.Option(RunSettings.recalibrate_bn,
+                                        "--recalibrate-bn/--no-recalibrate-bn",
                                         help="Contributors re-estimate the global model's "
                                         "BatchNorm statistics each round (see README)."),
     dp_noise: float = typer.Option(0.0, "--dp-noise", min=0.0, help="Differential privacy: noise "
@@ -226,7 +228,8 @@ def run_cmd(
                            fraction_train=fraction, augment=",".join(parse_augment(augment)),
                            heldout=str(heldout),
                            resume=resume, dp_noise_multiplier=dp_noise,
-                           recalibrate_bn=recalibrate_bn, class_weighted=class_weighted)
+                           recalibrate_bn=recalibrate_bn,
+                           class_weight_power=class_weight_power)
     if dp_clip is not None:
         settings.dp_clipping_norm = dp_clip
     if dp_delta is not None:
@@ -246,14 +249,14 @@ def baseline_cmd(
     data: Path = typer.Option(DEFAULT_DATA, "--data"),
     songs: int = typer.Option(RUN_SONGS, "--songs", min=1),
     seconds: float = typer.Option(DEFAULT_SECONDS, "--seconds", min=2.0),
-    lr: float = typer.Option(1e-3),
+    lr: float = typer.Option(RunSettings.lr, help="As for `run`."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: the "
                                           "`train` command's, the recipe a user trains with."),
     augment: str = typer.Option(",".join(DEFAULT_AUGMENT), help="As for `run`."),
-    head: str = typer.Option("single", help="As for `run`."),
-    pooling: str = typer.Option("avg", help="As for `run`."),
-    class_weighted: bool = typer.Option(True, "--class-weighted/--no-class-weighted",
-                                        help="As for `run`."),
+    head: str = typer.Option(RunSettings.head, help="As for `run`."),
+    pooling: str = typer.Option(RunSettings.pooling, help="As for `run`."),
+    class_weight_power: float = typer.Option(RunSettings.class_weight_power,
+                                             "--class-weight-power", min=0.0, help="As for `run`."),
     font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help=FONT_KITS_HELP),
     out: Path | None = typer.Option(None, "--out", help="Also save the model here."),
 ) -> None:
@@ -266,7 +269,7 @@ def baseline_cmd(
 
     stores, heldout = _stores(data, contributors, songs, seconds, seed, "per-kit", font_kits)
     cfg = TrainConfig(lr=lr, seed=seed, augment=parse_augment(augment), head=check_head(head),
-                      class_weighted=class_weighted)
+                      class_weight_power=class_weight_power)
     cfg.batch_size = batch_size or cfg.batch_size
     metrics = train_baseline(stores, heldout, rounds * local_epochs, cfg, out,
                              check_pooling(pooling))
@@ -288,6 +291,9 @@ def crossval_cmd(
                                     "epochs) or plateau (as `train`; no validation here)."),
     balance: str = typer.Option("loss", help="Class balance: loss (class-weighted loss, the "
                                 "training default), sampling (classes drawn equally) or none."),
+    class_weight_power: float = typer.Option(1.0, "--class-weight-power", min=0.0, help="With "
+                                             "--balance loss: weights (inverse class frequency) "
+                                             "** POWER (1: `train`'s)."),
     lr: float = typer.Option(1e-3, help="Learning rate."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     head: str = typer.Option("single", help="single (softmax, one class per window) or multi "
@@ -329,7 +335,8 @@ def crossval_cmd(
         raise BeatSightError(f"--balance {balance!r}: choose loss, sampling or none")
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             augment=parse_augment(augment), augment_p=augment_p,
-                            early_stopping_patience=0, class_weighted=balance == "loss",
+                            early_stopping_patience=0,
+                            class_weight_power=class_weight_power if balance == "loss" else 0.0,
                             sampling="balanced" if balance == "sampling" else "shuffle",
                             label_smoothing=label_smoothing, lr_schedule=lr_schedule,
                             num_threads=threads, head=check_head(head))
@@ -339,7 +346,8 @@ def crossval_cmd(
                             kits=list(kit or []), only_folds=list(fold or []),
                             font_kits=font_kits)
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
-                  f"lr {lr} ({lr_schedule}), balance {balance}, label smoothing "
+                  f"lr {lr} ({lr_schedule}), balance {balance}"
+                  f"{f' (power {class_weight_power:g})' if balance == 'loss' else ''}, label smoothing "
                   f"{label_smoothing}, {head} head, {pooling} pooling", highlight=False)
     result = cv.crossval(cfg, train_cfg, kits_root, progress,
                          on_fold=lambda rec: console.print(cv.fold_line(rec), highlight=False))

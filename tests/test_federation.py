@@ -145,30 +145,33 @@ def test_client_reply_carries_weights_and_counts_only(small_federation):
     assert not np.allclose(new["fc.weight"].numpy(), model.state_dict()["fc.weight"].numpy())
 
 
-def test_class_weighting_reaches_the_contributors_training(small_federation, monkeypatch):
-    """Run config `class-weighted` goes from the server's train config into the contributor's
-    TrainConfig (default on, as `train`); off, the loss is unweighted (README, federation)."""
+def test_class_weight_power_reaches_the_contributors_training(small_federation, monkeypatch):
+    """Run config `class-weight-power` goes from the server's train config into the contributor's
+    TrainConfig (default 0.5; README, federation), and a bad value is refused up front."""
     import beatsight.client.clientapp as clientapp
+    from beatsight.common.errors import BeatSightError
     from beatsight.server.serverapp import _train_config
 
     _, stores, _ = small_federation
-    seen: list[bool] = []
+    seen: list[float] = []
     real_fit = clientapp.fit
 
     def spy(model, data, cfg, **kw):
-        seen.append(cfg.class_weighted)
+        seen.append(cfg.class_weight_power)
         cfg.epochs = 0   # the config is what is checked here; training is tested above
         return real_fit(model, data, cfg, **kw)
 
     monkeypatch.setattr(clientapp, "fit", spy)
     app = make_client_app([str(stores[0])])
-    for settings in (RunSettings(), RunSettings(class_weighted=False)):
+    for settings in (RunSettings(), RunSettings(class_weight_power=0.0)):
         cfg = dict(_train_config(settings))
-        assert cfg["class-weighted"] is settings.class_weighted
+        assert cfg["class-weight-power"] == settings.class_weight_power
         msg, ctx = _train_message(DrumClassifierCNN(), {**cfg, "server-round": 1})
         assert not app(msg, ctx).has_error()
-    assert seen == [True, False]
-    assert RunSettings.from_run_config({"class-weighted": "false"}).class_weighted is False
+    assert seen == [0.5, 0.0]
+    assert RunSettings.from_run_config({"class-weight-power": "1"}).class_weight_power == 1.0
+    with pytest.raises(BeatSightError, match="class weight power -1"):
+        RunSettings.from_run_config({"class-weight-power": -1})
 
 
 def test_run_config_keys_are_checked():

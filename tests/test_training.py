@@ -153,6 +153,14 @@ def test_class_weights_are_inverse_frequency() -> None:
     assert torch.all(w[3:] == 1)
 
 
+def test_class_weight_power_tempers_the_weights(data) -> None:
+    y = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    assert torch.allclose(class_weights(y, 0.5), class_weights(y).sqrt())
+    assert torch.all(class_weights(y, 0.0) == 1)
+    with pytest.raises(BeatSightError, match="class weight power"):
+        fit(new_model(0), data[0], _cfg(class_weight_power=float("nan")), progress=False)
+
+
 def test_cosine_schedule_anneals_to_zero_and_resumes_exactly(data, tmp_path: Path) -> None:
     train, _ = data
     straight = new_model(0)
@@ -187,7 +195,7 @@ def test_label_smoothing_and_balanced_sampling_change_training(data) -> None:
     h = fit(smooth, train, _cfg(augment=[], label_smoothing=0.2), progress=False)
     assert np.isfinite(h[-1]["train_loss"]) and not _same(plain.state_dict(), smooth.state_dict())
     balanced = new_model(0)
-    h = fit(balanced, train, _cfg(augment=[], sampling="balanced", class_weighted=False),
+    h = fit(balanced, train, _cfg(augment=[], sampling="balanced", class_weight_power=0.0),
             progress=False)
     assert np.isfinite(h[-1]["train_loss"])
     assert not _same(plain.state_dict(), balanced.state_dict())
