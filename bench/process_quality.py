@@ -42,6 +42,9 @@ def main() -> None:
                     help="ignore the model's drum-family templates (the classifier decides)")
     ap.add_argument("--no-song-templates", dest="song_templates", action="store_false",
                     help="the model's templates as they are, not blended with the song's hits")
+    ap.add_argument("--no-kick-check", dest="kick_check", action="store_false",
+                    help="keep every kick the templates find (no check against the song's "
+                         "typical kick)")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
                     help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
@@ -58,6 +61,7 @@ def main() -> None:
                 est = Path(tmp) / f"{k}-{s}.est.bsm"
                 process_file(wav, est, ProcessOptions(templates=args.templates,
                                                        song_templates=args.song_templates,
+                                                       kick_check=args.kick_check,
                                                        sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))

@@ -80,6 +80,11 @@ def process(
                                         help="Blend the templates with the song's own clearest "
                                         "hits and decompose again; kick and snare are decided "
                                         "on that second pass (adapts to the song's kit)."),
+    kick_check: bool = typer.Option(True, "--kick-check/--no-kick-check", help="With the "
+                                    "templates: drop a kick whose low end (35-280 Hz) is unlike "
+                                    "the song's typical kick (it is a tom). Turn off for songs "
+                                    "with two differently tuned kicks, or mixes whose bass "
+                                    "notes start with the kicks."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
@@ -107,7 +112,8 @@ def process(
     opts = ProcessOptions(confidence=confidence, sensitivity=sensitivity,
                           quantization=quantization, max_snap_ms=max_snap_ms,
                           secondary=secondary, band_checks=band_checks, templates=templates,
-                          song_templates=song_templates, device=device, precision=precision)
+                          song_templates=song_templates, kick_check=kick_check,
+                          device=device, precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:
         from .signing import check_model

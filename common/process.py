@@ -50,6 +50,8 @@ class ProcessOptions:
     templates: bool = True           # kick, snare, hi-hat from the model's drum-family templates
     #                                  (common.templates) where it has them; band checks then off
     song_templates: bool = True      # blend the templates with the song's own confident hits
+    kick_check: bool = True          # drop template kicks whose low end is unlike the song's
+    #                                  typical kick (a tom; common.templates.same_drum)
     device: str | None = None
     precision: str = "auto"          # CNN arithmetic: auto, fp32, bf16, int8 (see inference)
 
@@ -243,7 +245,8 @@ def transcribe(
         t0 = time.perf_counter()
         found = templates.onset_families(
             audio, onsets, tpl, spec=spec,
-            s=replace(templates.DEFAULT, adapt=opts.song_templates))
+            s=replace(templates.DEFAULT, adapt=opts.song_templates,
+                      kick_match=templates.DEFAULT.kick_match if opts.kick_check else 0.0))
         classes = with_families(classes, found, probs)
         info["templates"] = True
         info["timings"]["templates"] = time.perf_counter() - t0

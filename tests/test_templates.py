@@ -25,8 +25,10 @@ from beatsight.common.templates import (
     activations,
     attack_patterns,
     family_templates,
+    low_profiles,
     onset_families,
     rises,
+    same_drum,
     song_templates,
     spectrogram,
     usable,
@@ -42,6 +44,8 @@ def _hit(kind: str, rng: np.random.Generator, n: int = 8820) -> np.ndarray:
         return np.sin(2 * np.pi * 55 * t) * np.exp(-t / 0.08)
     if kind == "boomy_kick":   # another kit's kick: higher, longer
         return np.sin(2 * np.pi * 110 * t) * np.exp(-t / 0.2)
+    if kind == "tom":          # a floor tom: an octave and a half above the kick, ringing
+        return np.sin(2 * np.pi * 160 * t) * np.exp(-t / 0.25)
     noise = rng.standard_normal(n)
     spec = np.fft.rfft(noise)
     f = np.fft.rfftfreq(n, 1 / SR)
@@ -282,3 +286,42 @@ def test_a_spectrogram_shorter_than_a_template_decomposes() -> None:
     tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
     H = activations(spectrogram(_song([(0.0, "kick")], 0.01)), tpl)
     assert H.shape[1] < SPAN and np.isfinite(H).all() and (H >= 0).all()
+
+
+def test_a_songs_kicks_are_told_from_its_toms_by_their_low_end() -> None:
+    """The toms outnumber the kicks here; the reference is the lowest drum's sound, so the
+    kicks (55 Hz) are kept and the toms (110 and 160 Hz) are dropped."""
+    kinds = ["kick"] * 6 + ["boomy_kick", "tom"] * 5
+    times = 0.2 + 0.5 * np.arange(len(kinds))
+    audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0)
+    profiles = low_profiles(audio, times)
+    np.testing.assert_allclose(np.linalg.norm(profiles, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(same_drum(profiles, DEFAULT.kick_match),
+                                  [k == "kick" for k in kinds])
+
+
+def test_kicks_the_templates_find_on_toms_are_dropped() -> None:
+    """The kick template fires on a tom (a low decaying sine, and this kit has no tom template);
+    the check against the song's typical kick drops those and keeps the kicks."""
+    windows, y = _training()
+    tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
+    kinds = ["kick", "hihat", "tom", "hihat"] * 6
+    times = 0.3 + 0.4 * np.arange(len(kinds))
+    audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0, seed=3)
+    is_kick, is_tom = (np.array(kinds) == "kick"), (np.array(kinds) == "tom")
+    unchecked = onset_families(audio, times, tpl, s=replace(DEFAULT, kick_match=0.0))
+    assert unchecked[is_tom, KICK].all()            # what the check is for
+    found = onset_families(audio, times, tpl)
+    np.testing.assert_array_equal(found[:, KICK], is_kick)
+    np.testing.assert_array_equal(found[:, HAT], unchecked[:, HAT])
+
+
+def test_too_few_kicks_are_left_unchecked() -> None:
+    windows, y = _training()
+    tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
+    kinds = ["kick", "tom"] * 3                     # 6 template kicks < kick_min
+    times = 0.3 + 0.5 * np.arange(len(kinds))
+    audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0, seed=4)
+    unchecked = onset_families(audio, times, tpl, s=replace(DEFAULT, kick_match=0.0))
+    assert unchecked[:, KICK].sum() < DEFAULT.kick_min and unchecked[1::2, KICK].any()
+    np.testing.assert_array_equal(onset_families(audio, times, tpl)[:, KICK], unchecked[:, KICK])
