@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--no-kick-check", dest="kick_check", action="store_false",
                     help="keep every kick the templates find (no check against the song's "
                          "typical kick)")
+    ap.add_argument("--no-ghost-notes", dest="ghost_notes", action="store_false",
+                    help="no snare for onsets that merely sound like the song's snares")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
                     help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
@@ -62,6 +64,7 @@ def main() -> None:
                 process_file(wav, est, ProcessOptions(templates=args.templates,
                                                        song_templates=args.song_templates,
                                                        kick_check=args.kick_check,
+                                                       ghost_notes=args.ghost_notes,
                                                        sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))

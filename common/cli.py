@@ -85,6 +85,9 @@ def process(
                                     "the song's typical kick (it is a tom). Turn off for songs "
                                     "with two differently tuned kicks, or mixes whose bass "
                                     "notes start with the kicks."),
+    ghost_notes: bool = typer.Option(True, "--ghost-notes/--no-ghost-notes", help="With the "
+                                     "templates: also report a snare wherever an onset sounds "
+                                     "like the song's snares (quiet ghost notes)."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
@@ -113,6 +116,7 @@ def process(
                           quantization=quantization, max_snap_ms=max_snap_ms,
                           secondary=secondary, band_checks=band_checks, templates=templates,
                           song_templates=song_templates, kick_check=kick_check,
+                          ghost_notes=ghost_notes,
                           device=device, precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:

@@ -60,10 +60,15 @@ class TemplateSettings:
     # A song's kicks are one drum. A kick the templates found whose low end (`low_profiles`) is
     # unlike the song's typical kick (cosine below kick_match) is another drum, mostly a tom:
     # the onset STFT's 43-Hz bins put a 50-Hz kick and a 90-Hz floor tom in neighbouring bands,
-    # so the kick template cannot tell them apart. 0: off. Fewer than kick_min kicks: no check.
+    # so the kick template cannot tell them apart. 0: off.
     kick_match: float = 0.7
-    kick_fft: int = 4096           # samples from the onset (93 ms): 5.4-Hz bins zero-padded
-    kick_min: int = 8
+    kick_samples: int = 4096       # from the onset (93 ms), zero-padded to 5.4-Hz bins
+    # Ghost notes: a snare is also reported at any onset whose first snare_samples (46 ms) match
+    # the mean of the song's snares (third-octave bands 100 Hz-16 kHz, cosine >= snare_match):
+    # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
+    snare_match: float = 0.95
+    snare_samples: int = 2048
+    check_min: int = 8             # fewer kicks (snares) in the song: no reference, no check
 
     def frames_of(self, ms: float) -> int:
         return int(round(ms / 1000.0 * self.frames.sample_rate / self.frames.hop))
@@ -85,27 +90,40 @@ SILENT_RISE = 1e-4
 # 1/6-octave bands from 35 Hz to 280 Hz: where kicks and toms have their pitch (the dev kits'
 # kicks peak at 44-147 Hz, their toms up to 310 Hz).
 LOW_EDGES_HZ = 35.0 * 2.0 ** (np.arange(19) / 6)
+# 1/3-octave bands from 100 Hz to 16 kHz: a snare's body and its wires.
+MID_EDGES_HZ = 100.0 * 2.0 ** (np.arange(23) / 3)
+
+
+def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_hz: np.ndarray,
+                  fft_size: int, sr: int = DEFAULT_ONSETS.sample_rate) -> np.ndarray:
+    """(onsets, bands) unit-norm magnitude spectrum of the `samples` from each onset (Hann
+    window, `fft_size`-point FFT), summed in the bands between `edges_hz`: what a hit sounds
+    like, whatever its loudness."""
+    freqs = np.fft.rfftfreq(fft_size, 1.0 / sr)
+    band = np.digitize(freqs, edges_hz) - 1
+    bins = np.flatnonzero((band >= 0) & (band < len(edges_hz) - 1))
+    to_band = np.zeros((len(bins), len(edges_hz) - 1), np.float32)
+    to_band[np.arange(len(bins)), band[bins]] = 1.0
+    audio = np.asarray(audio, np.float32)
+    frames = sliding_window_view(np.concatenate([audio, np.zeros(samples, np.float32)]), samples)
+    starts = np.clip(np.round(np.asarray(onsets_s) * sr).astype(np.int64), 0, len(audio))
+    window = np.hanning(samples).astype(np.float32)
+    out = np.zeros((len(starts), to_band.shape[1]), np.float32)
+    for i in range(0, len(starts), 256):                              # bounded memory
+        spec = scipy.fft.rfft(frames[starts[i:i + 256]] * window, fft_size, axis=-1, workers=-1)
+        out[i:i + 256] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def low_profiles(audio: np.ndarray, onsets_s: np.ndarray, s: TemplateSettings = DEFAULT
                  ) -> np.ndarray:
-    """(onsets, bands) unit-norm magnitude of the `s.kick_fft` samples from each onset in the
-    LOW_EDGES_HZ bands: fine enough to hear a kick's and a tom's pitch apart."""
-    n, sr = s.kick_fft, s.frames.sample_rate
-    freqs = np.fft.rfftfreq(2 * n, 1.0 / sr)
-    band = np.digitize(freqs, LOW_EDGES_HZ) - 1
-    bins = np.flatnonzero((band >= 0) & (band < len(LOW_EDGES_HZ) - 1))
-    to_band = np.zeros((len(bins), len(LOW_EDGES_HZ) - 1), np.float32)
-    to_band[np.arange(len(bins)), band[bins]] = 1.0
-    audio = np.asarray(audio, np.float32)
-    frames = sliding_window_view(np.concatenate([audio, np.zeros(n, np.float32)]), n)
-    starts = np.clip(np.round(np.asarray(onsets_s) * sr).astype(np.int64), 0, len(audio))
-    window = np.hanning(n).astype(np.float32)
-    out = np.zeros((len(starts), to_band.shape[1]), np.float32)
-    for i in range(0, len(starts), 256):                              # bounded memory
-        spec = scipy.fft.rfft(frames[starts[i:i + 256]] * window, 2 * n, axis=-1, workers=-1)
-        out[i:i + 256] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    """The low end of each hit, fine enough to hear a kick's and a tom's pitch apart."""
+    return band_profiles(audio, onsets_s, s.kick_samples, LOW_EDGES_HZ, 2 * s.kick_samples,
+                         s.frames.sample_rate)
+
+
+def _cosine(profiles: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return profiles @ ref / max(float(np.linalg.norm(ref)), 1e-12)
 
 
 def same_drum(profiles: np.ndarray, threshold: float, lowest: float = 0.25) -> np.ndarray:
@@ -116,8 +134,16 @@ def same_drum(profiles: np.ndarray, threshold: float, lowest: float = 0.25) -> n
     power = profiles ** 2
     centroid = (power * np.arange(profiles.shape[1])).sum(axis=1) / np.maximum(
         power.sum(axis=1), 1e-12)
-    ref = profiles[centroid <= np.quantile(centroid, lowest)].mean(axis=0)
-    return profiles @ ref / max(float(np.linalg.norm(ref)), 1e-12) >= threshold
+    return _cosine(profiles, profiles[centroid <= np.quantile(centroid, lowest)].mean(axis=0)
+                   ) >= threshold
+
+
+def like_snares(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray,
+                s: TemplateSettings = DEFAULT) -> np.ndarray:
+    """(onsets,) bool: which onsets sound like the mean of the song's snares (`snares`, bool)."""
+    profiles = band_profiles(audio, onsets_s, s.snare_samples, MID_EDGES_HZ, s.snare_samples,
+                             s.frames.sample_rate)
+    return _cosine(profiles, profiles[snares].mean(axis=0)) >= s.snare_match
 
 
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
@@ -281,7 +307,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     (families in `shares`, default SHARES) where it holds that share of the onset's summed
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Kicks
-    that do not sound like the song's typical kick are dropped (`s.kick_match`).
+    that do not sound like the song's typical kick are dropped (`s.kick_match`), and onsets that
+sound like the song's snares get one (`s.snare_match`: ghost notes).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
@@ -303,9 +330,11 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
             out[:, f] = r >= theta * scale
             if name in shares:   # a ghost note: quiet, but mostly this family
                 out[:, f] |= (_shares(rise_of)[:, f] >= shares[name]) & (r > SILENT_RISE)
-    kick = FAMILIES.index("kick")
+    kick, snare = FAMILIES.index("kick"), FAMILIES.index("snare")
     found = np.flatnonzero(out[:, kick])
-    if "kick" in thresholds and s.kick_match > 0 and len(found) >= s.kick_min:
+    if "kick" in thresholds and s.kick_match > 0 and len(found) >= s.check_min:
         profiles = low_profiles(audio, np.asarray(onsets_s)[found], s)
         out[found, kick] = same_drum(profiles, s.kick_match)
+    if "snare" in thresholds and s.snare_match > 0 and out[:, snare].sum() >= s.check_min:
+        out[:, snare] |= like_snares(audio, np.asarray(onsets_s), out[:, snare], s)
     return out

@@ -25,6 +25,7 @@ from beatsight.common.templates import (
     activations,
     attack_patterns,
     family_templates,
+    like_snares,
     low_profiles,
     onset_families,
     rises,
@@ -319,9 +320,23 @@ def test_kicks_the_templates_find_on_toms_are_dropped() -> None:
 def test_too_few_kicks_are_left_unchecked() -> None:
     windows, y = _training()
     tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
-    kinds = ["kick", "tom"] * 3                     # 6 template kicks < kick_min
+    kinds = ["kick", "tom"] * 3                     # 6 template kicks < check_min
     times = 0.3 + 0.5 * np.arange(len(kinds))
     audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0, seed=4)
     unchecked = onset_families(audio, times, tpl, s=replace(DEFAULT, kick_match=0.0))
-    assert unchecked[:, KICK].sum() < DEFAULT.kick_min and unchecked[1::2, KICK].any()
+    assert unchecked[:, KICK].sum() < DEFAULT.check_min and unchecked[1::2, KICK].any()
     np.testing.assert_array_equal(onset_families(audio, times, tpl)[:, KICK], unchecked[:, KICK])
+
+
+def test_onsets_that_sound_like_the_songs_snares_get_one() -> None:
+    """Ghost notes (a twelfth of the backbeat's level) sound like the song's snares; its
+    hi-hats and kicks do not."""
+    kinds = ["snare"] * 8 + ["ghost"] * 4 + ["hihat", "kick"] * 4
+    times = 0.2 + 0.4 * np.arange(len(kinds))
+    events = [(t, "snare", 1 / 12) if k == "ghost" else (t, k)
+              for t, k in zip(times, kinds, strict=True)]
+    audio = _song(events, times[-1] + 1.0, seed=6)
+    loud = np.array([k == "snare" for k in kinds])
+    np.testing.assert_array_equal(like_snares(audio, times, loud),
+                                  [k in ("snare", "ghost") for k in kinds])
+    assert not like_snares(audio, times, loud, replace(DEFAULT, snare_match=1.01)).any()
