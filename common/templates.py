@@ -12,7 +12,9 @@ fixed: `activations`), and reports a family at an onset when its activation rise
 share of the song's typical rise (`onset_families`; thresholds chosen on renders of training
 kits, see the README). The song's kit is not among the training kits, so by default the song is
 decomposed twice: the second time with templates blended with the song's own clearest hits of
-each family (`song_templates`).
+each family (`song_templates`). Last, two checks of one song against itself: a song's kicks
+are one drum, so a kick whose low end is unlike the song's typical kick is a tom (`same_drum`),
+and an onset that sounds like the song's snares is one, however quiet (`like_snares`).
 """
 
 from __future__ import annotations
@@ -307,8 +309,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     (families in `shares`, default SHARES) where it holds that share of the onset's summed
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Kicks
-    that do not sound like the song's typical kick are dropped (`s.kick_match`), and onsets that
-sound like the song's snares get one (`s.snare_match`: ghost notes).
+    that do not sound like the song's typical kick are dropped (`s.kick_match`), and onsets
+    that sound like the song's snares get one (`s.snare_match`: ghost notes).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
