@@ -107,12 +107,13 @@ def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_h
     to_band = np.zeros((len(bins), len(edges_hz) - 1), np.float32)
     to_band[np.arange(len(bins)), band[bins]] = 1.0
     audio = np.asarray(audio, np.float32)
-    frames = sliding_window_view(np.concatenate([audio, np.zeros(samples, np.float32)]), samples)
     starts = np.clip(np.round(np.asarray(onsets_s) * sr).astype(np.int64), 0, len(audio))
     window = np.hanning(samples).astype(np.float32)
     out = np.zeros((len(starts), to_band.shape[1]), np.float32)
-    for i in range(0, len(starts), 256):                              # bounded memory
-        spec = scipy.fft.rfft(frames[starts[i:i + 256]] * window, fft_size, axis=-1, workers=-1)
+    for i in range(0, len(starts), 256):   # bounded memory: no padded copy of the whole song
+        idx = starts[i:i + 256, None] + np.arange(samples)
+        frames = np.where(idx < len(audio), audio[np.minimum(idx, len(audio) - 1)], 0.0)
+        spec = scipy.fft.rfft(frames * window, fft_size, axis=-1, workers=-1)
         out[i:i + 256] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
