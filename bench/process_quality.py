@@ -47,6 +47,8 @@ def main() -> None:
                          "typical kick)")
     ap.add_argument("--no-ghost-notes", dest="ghost_notes", action="store_false",
                     help="no snare for onsets that merely sound like the song's snares")
+    ap.add_argument("--no-hat-check", dest="hat_check", action="store_false",
+                    help="keep every hi-hat the templates find (no check that it hisses)")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
                     help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
@@ -65,6 +67,7 @@ def main() -> None:
                                                        song_templates=args.song_templates,
                                                        kick_check=args.kick_check,
                                                        ghost_notes=args.ghost_notes,
+                                                       hat_check=args.hat_check,
                                                        sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)
                 ev = evaluate(read_bsm(bsm), read_bsm(est))

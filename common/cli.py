@@ -88,6 +88,11 @@ def process(
     ghost_notes: bool = typer.Option(True, "--ghost-notes/--no-ghost-notes", help="With the "
                                      "templates: also report a snare wherever an onset sounds "
                                      "like the song's snares (quiet ghost notes)."),
+    hat_check: bool = typer.Option(True, "--hat-check/--no-hat-check", help="With the "
+                                   "templates: drop a hi-hat whose top octaves (2-16 kHz) ring "
+                                   "with partials instead of hissing like the song's hi-hats (a "
+                                   "ride). Turn off for mixes whose hi-hats sit under guitars "
+                                   "or keys."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "
@@ -116,7 +121,7 @@ def process(
                           quantization=quantization, max_snap_ms=max_snap_ms,
                           secondary=secondary, band_checks=band_checks, templates=templates,
                           song_templates=song_templates, kick_check=kick_check,
-                          ghost_notes=ghost_notes,
+                          ghost_notes=ghost_notes, hat_check=hat_check,
                           device=device, precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:

@@ -53,7 +53,9 @@ class ProcessOptions:
     kick_check: bool = True          # drop template kicks whose low end is unlike the song's
     #                                  typical kick (a tom; common.templates.same_drum)
     ghost_notes: bool = True         # a snare wherever an onset sounds like the song's snares
-    #                                  (common.templates.like_snares)
+    #                                  (common.templates.sounds_like)
+    hat_check: bool = True           # drop template hi-hats whose top octaves ring with partials
+    #                                  (a ride; common.templates.noisiness)
     device: str | None = None
     precision: str = "auto"          # CNN arithmetic: auto, fp32, bf16, int8 (see inference)
 
@@ -249,7 +251,8 @@ def transcribe(
             audio, onsets, tpl, spec=spec,
             s=replace(templates.DEFAULT, adapt=opts.song_templates,
                       kick_match=templates.DEFAULT.kick_match if opts.kick_check else 0.0,
-                      snare_match=templates.DEFAULT.snare_match if opts.ghost_notes else 0.0))
+                      snare_match=templates.DEFAULT.snare_match if opts.ghost_notes else 0.0,
+                      hat_ratio=templates.DEFAULT.hat_ratio if opts.hat_check else 0.0))
         classes = with_families(classes, found, probs)
         info["templates"] = True
         info["timings"]["templates"] = time.perf_counter() - t0

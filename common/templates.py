@@ -12,9 +12,11 @@ fixed: `activations`), and reports a family at an onset when its activation rise
 share of the song's typical rise (`onset_families`; thresholds chosen on renders of training
 kits, see the README). The song's kit is not among the training kits, so by default the song is
 decomposed twice: the second time with templates blended with the song's own clearest hits of
-each family (`song_templates`). Last, two checks of one song against itself: a song's kicks
-are one drum, so a kick whose low end is unlike the song's typical kick is a tom (`same_drum`),
-and an onset that sounds like the song's snares is one, however quiet (`like_snares`).
+each family (`song_templates`). Last, checks of one song against itself: a song's kicks are
+one drum, so a kick whose low end is unlike the song's typical kick is a tom (`same_drum`); an
+onset that sounds like the song's snares is one, however quiet (`sounds_like`); a hi-hat is
+noise, so one whose top octaves ring with partials is a ride (`noisiness`), and an onset that
+hisses and sounds like the song's hi-hats is one.
 """
 
 from __future__ import annotations
@@ -70,7 +72,17 @@ class TemplateSettings:
     # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
     snare_match: float = 0.95
     snare_samples: int = 2048
-    check_min: int = 8             # fewer kicks (snares) in the song: no reference, no check
+    # A hi-hat is noise; a ride rings with partials. A hi-hat the templates found whose top
+    # octaves (`noisiness`) are less than hat_ratio of the song's noisiest hi-hats (their
+    # hat_quantile) is a ride, another cymbal or a snare. 0: off.
+    hat_ratio: float = 0.5
+    hat_quantile: float = 0.9
+    hat_samples: int = 2048        # per frame (46 ms); hat_frames of them, a quarter apart
+    hat_frames: int = 4
+    # ... and, as for snares, a hi-hat wherever an onset hisses and its first hat_samples match
+    # the mean of the song's hi-hats (third-octave bands 2-16 kHz, cosine >= hat_match). 0: off.
+    hat_match: float = 0.95
+    check_min: int = 8             # fewer kicks (snares, hi-hats) in the song: no check
 
     def frames_of(self, ms: float) -> int:
         return int(round(ms / 1000.0 * self.frames.sample_rate / self.frames.hop))
@@ -94,6 +106,19 @@ SILENT_RISE = 1e-4
 LOW_EDGES_HZ = 35.0 * 2.0 ** (np.arange(19) / 6)
 # 1/3-octave bands from 100 Hz to 16 kHz: a snare's body and its wires.
 MID_EDGES_HZ = 100.0 * 2.0 ** (np.arange(23) / 3)
+# 1/3-octave bands from 2 kHz to 16 kHz: a hi-hat's hiss, a ride's partials.
+TOP_EDGES_HZ = 2000.0 * 2.0 ** (np.arange(10) / 3)
+CHUNK = 256                        # onsets per block: bounded memory, no padded copy of the song
+
+
+def _gather(audio: np.ndarray, starts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """audio[starts[:, None] + offsets], zeros past the end."""
+    idx = starts[:, None] + offsets
+    return np.where(idx < len(audio), audio[np.minimum(idx, len(audio) - 1)], 0.0)
+
+
+def _starts(audio: np.ndarray, onsets_s: np.ndarray, sr: int) -> np.ndarray:
+    return np.clip(np.round(np.asarray(onsets_s) * sr).astype(np.int64), 0, len(audio))
 
 
 def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_hz: np.ndarray,
@@ -107,14 +132,13 @@ def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_h
     to_band = np.zeros((len(bins), len(edges_hz) - 1), np.float32)
     to_band[np.arange(len(bins)), band[bins]] = 1.0
     audio = np.asarray(audio, np.float32)
-    starts = np.clip(np.round(np.asarray(onsets_s) * sr).astype(np.int64), 0, len(audio))
+    starts = _starts(audio, onsets_s, sr)
     window = np.hanning(samples).astype(np.float32)
     out = np.zeros((len(starts), to_band.shape[1]), np.float32)
-    for i in range(0, len(starts), 256):   # bounded memory: no padded copy of the whole song
-        idx = starts[i:i + 256, None] + np.arange(samples)
-        frames = np.where(idx < len(audio), audio[np.minimum(idx, len(audio) - 1)], 0.0)
+    for i in range(0, len(starts), CHUNK):
+        frames = _gather(audio, starts[i:i + CHUNK], np.arange(samples))
         spec = scipy.fft.rfft(frames * window, fft_size, axis=-1, workers=-1)
-        out[i:i + 256] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
+        out[i:i + CHUNK] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -141,12 +165,40 @@ def same_drum(profiles: np.ndarray, threshold: float, lowest: float = 0.25) -> n
                    ) >= threshold
 
 
-def like_snares(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray,
-                s: TemplateSettings = DEFAULT) -> np.ndarray:
-    """(onsets,) bool: which onsets sound like the mean of the song's snares (`snares`, bool)."""
-    profiles = band_profiles(audio, onsets_s, s.snare_samples, MID_EDGES_HZ, s.snare_samples,
-                             s.frames.sample_rate)
-    return _cosine(profiles, profiles[snares].mean(axis=0)) >= s.snare_match
+def sounds_like(audio: np.ndarray, onsets_s: np.ndarray, members: np.ndarray,
+                edges_hz: np.ndarray, samples: int, threshold: float,
+                sr: int = DEFAULT_ONSETS.sample_rate) -> np.ndarray:
+    """(onsets,) bool: which onsets' first `samples` match the mean of the `members` (bool; the
+    song's snares, say) in the bands between `edges_hz` (cosine >= threshold)."""
+    profiles = band_profiles(audio, onsets_s, samples, edges_hz, samples, sr)
+    return _cosine(profiles, profiles[members].mean(axis=0)) >= threshold
+
+
+def noisiness(audio: np.ndarray, onsets_s: np.ndarray, s: TemplateSettings = DEFAULT
+               ) -> np.ndarray:
+    """(onsets,) how noise-like each hit's top octaves are, 0-1: the spectral flatness
+    (geometric over arithmetic mean of the power) within each third-octave band from 2 to
+    16 kHz, over `s.hat_frames` frames from the onset, averaged over the bands by their
+    energy. Within one narrow band the hiss of a hi-hat is flat whatever its colour; a ride's
+    partials stand out of it."""
+    sr, n = s.frames.sample_rate, s.hat_samples
+    audio = np.asarray(audio, np.float32)
+    starts = _starts(audio, onsets_s, sr)
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    band = np.digitize(freqs, TOP_EDGES_HZ) - 1
+    bands = [np.flatnonzero(band == b) for b in range(len(TOP_EDGES_HZ) - 1)]
+    offsets = (np.arange(s.hat_frames)[:, None] * (n // 4) + np.arange(n)).ravel()
+    window = np.hanning(n).astype(np.float32)
+    out = np.zeros(len(starts), np.float32)
+    for i in range(0, len(starts), CHUNK):
+        frames = _gather(audio, starts[i:i + CHUNK], offsets).reshape(-1, s.hat_frames, n)
+        power = (np.abs(scipy.fft.rfft(frames * window, axis=-1, workers=-1)) ** 2).mean(axis=1)
+        power += np.float32(1e-20)
+        log_flat = np.stack([np.log(power[:, b]).mean(axis=1) - np.log(power[:, b].mean(axis=1))
+                             for b in bands], axis=1)
+        energy = np.stack([power[:, b].sum(axis=1) for b in bands], axis=1)
+        out[i:i + CHUNK] = np.exp((log_flat * energy).sum(axis=1) / energy.sum(axis=1))
+    return out
 
 
 def spectrogram(audio: np.ndarray, s: TemplateSettings = DEFAULT) -> np.ndarray:
@@ -338,6 +390,18 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     if "kick" in thresholds and s.kick_match > 0 and len(found) >= s.check_min:
         profiles = low_profiles(audio, np.asarray(onsets_s)[found], s)
         out[found, kick] = same_drum(profiles, s.kick_match)
+    sr, onsets_s = s.frames.sample_rate, np.asarray(onsets_s)
     if "snare" in thresholds and s.snare_match > 0 and out[:, snare].sum() >= s.check_min:
-        out[:, snare] |= like_snares(audio, np.asarray(onsets_s), out[:, snare], s)
+        out[:, snare] |= sounds_like(audio, onsets_s, out[:, snare], MID_EDGES_HZ,
+                                     s.snare_samples, s.snare_match, sr)
+    hihat = FAMILIES.index("hihat")
+    found = np.flatnonzero(out[:, hihat])
+    if "hihat" in thresholds and s.hat_ratio > 0 and len(found) >= s.check_min:
+        flat = noisiness(audio, onsets_s[found], s)
+        cut = s.hat_ratio * np.quantile(flat, s.hat_quantile)
+        out[found, hihat] = flat >= cut
+        if s.hat_match > 0 and out[:, hihat].sum() >= s.check_min:
+            more = np.flatnonzero(~out[:, hihat] & sounds_like(
+                audio, onsets_s, out[:, hihat], TOP_EDGES_HZ, s.hat_samples, s.hat_match, sr))
+            out[more, hihat] = noisiness(audio, onsets_s[more], s) >= cut
     return out

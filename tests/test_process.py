@@ -266,7 +266,8 @@ def test_templates_from_other_kits_find_kick_snare_and_hihat(kits_root, groove, 
     save_checkpoint(ckpt, Checkpoint(state_dict=model.state_dict(), model_version="tpl-test"))
     song, truth = groove
     f = {}
-    for flag in ("--templates", "--no-templates", "--no-kick-check", "--no-ghost-notes"):
+    for flag in ("--templates", "--no-templates", "--no-kick-check", "--no-ghost-notes",
+                 "--no-hat-check"):
         out_bsm = tmp_path / f"{flag}.bsm"
         out = run(["-i", str(song), "-o", str(out_bsm), "--ml-model", str(ckpt), flag])
         assert out.returncode == 0, out.stderr
@@ -279,6 +280,8 @@ def test_templates_from_other_kits_find_kick_snare_and_hihat(kits_root, groove, 
     assert with_t["kick"] >= f["--no-kick-check"]["kick"] - 0.01, f
     # snares found by sounding like the song's snares do not cost this kit's snare F
     assert with_t["snare"] >= f["--no-ghost-notes"]["snare"] - 0.01, f
+    # nor does the check that a hi-hat hisses cost its hi-hat F
+    assert with_t["hihat"] >= f["--no-hat-check"]["hihat"] - 0.01, f
     assert sum(with_t.values()) / 3 >= 0.7, f
 
 
