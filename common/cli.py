@@ -82,7 +82,9 @@ def process(
                                         "on that second pass (adapts to the song's kit)."),
     kick_check: bool = typer.Option(True, "--kick-check/--no-kick-check", help="With the "
                                     "templates: drop a kick whose low end (35-280 Hz) is unlike "
-                                    "the song's typical kick (it is a tom). Turn off for songs "
+                                    "the song's typical kick (it is a tom), and add one wherever "
+                                    "a low end like it starts (a soft kick, or one under a "
+                                    "crash). Turn off for songs "
                                     "with two differently tuned kicks, or mixes whose bass "
                                     "notes start with the kicks."),
     ghost_notes: bool = typer.Option(True, "--ghost-notes/--no-ghost-notes", help="With the "

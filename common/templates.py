@@ -13,7 +13,8 @@ share of the song's typical rise (`onset_families`; thresholds chosen on renders
 kits, see the README). The song's kit is not among the training kits, so by default the song is
 decomposed twice: the second time with templates blended with the song's own clearest hits of
 each family (`song_templates`). Last, checks of one song against itself: a song's kicks are
-one drum, so a kick whose low end is unlike the song's typical kick is a tom (`same_drum`); an
+one drum, so a kick whose low end is unlike the song's typical kick is a tom, and an onset
+where a low end like it starts is a kick (`typical_kick`); an
 onset that sounds like the song's snares is one, however quiet (`sounds_like`); a hi-hat is
 noise, so one whose top octaves ring with partials is a ride (`noisiness`), and an onset that
 hisses and sounds like the song's hi-hats is one.
@@ -67,6 +68,11 @@ class TemplateSettings:
     # so the kick template cannot tell them apart. 0: off.
     kick_match: float = 0.7
     kick_samples: int = 4096       # from the onset (93 ms), zero-padded to 5.4-Hz bins
+    # ... and any onset whose low end matches the typical kick (cosine >= kick_like) and is at
+    # least kick_gain times the low end's magnitude over the kick_samples before it (a new low
+    # hit, not a ring) is a kick: one the template missed under a crash, ride or tom. 0: off.
+    kick_like: float = 0.9
+    kick_gain: float = 2.0
     # Ghost notes: a snare is also reported at any onset whose first snare_samples (46 ms) match
     # the mean of the song's snares (third-octave bands 100 Hz-16 kHz, cosine >= snare_match):
     # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
@@ -122,10 +128,11 @@ def _starts(audio: np.ndarray, onsets_s: np.ndarray, sr: int) -> np.ndarray:
 
 
 def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_hz: np.ndarray,
-                  fft_size: int, sr: int = DEFAULT_ONSETS.sample_rate) -> np.ndarray:
-    """(onsets, bands) unit-norm magnitude spectrum of the `samples` from each onset (Hann
-    window, `fft_size`-point FFT), summed in the bands between `edges_hz`: what a hit sounds
-    like, whatever its loudness."""
+                  fft_size: int, sr: int = DEFAULT_ONSETS.sample_rate, unit: bool = True
+                  ) -> np.ndarray:
+    """(onsets, bands) magnitude spectrum of the `samples` from each onset (Hann window,
+    `fft_size`-point FFT), summed in the bands between `edges_hz`; with `unit`, normalised:
+    what a hit sounds like, whatever its loudness."""
     freqs = np.fft.rfftfreq(fft_size, 1.0 / sr)
     band = np.digitize(freqs, edges_hz) - 1
     bins = np.flatnonzero((band >= 0) & (band < len(edges_hz) - 1))
@@ -139,30 +146,32 @@ def band_profiles(audio: np.ndarray, onsets_s: np.ndarray, samples: int, edges_h
         frames = _gather(audio, starts[i:i + CHUNK], np.arange(samples))
         spec = scipy.fft.rfft(frames * window, fft_size, axis=-1, workers=-1)
         out[i:i + CHUNK] = np.sqrt((np.abs(spec[:, bins]) ** 2) @ to_band)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return _unit(out) if unit else out
 
 
-def low_profiles(audio: np.ndarray, onsets_s: np.ndarray, s: TemplateSettings = DEFAULT
-                 ) -> np.ndarray:
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def low_profiles(audio: np.ndarray, onsets_s: np.ndarray, s: TemplateSettings = DEFAULT,
+                 unit: bool = True) -> np.ndarray:
     """The low end of each hit, fine enough to hear a kick's and a tom's pitch apart."""
     return band_profiles(audio, onsets_s, s.kick_samples, LOW_EDGES_HZ, 2 * s.kick_samples,
-                         s.frames.sample_rate)
+                         s.frames.sample_rate, unit)
 
 
 def _cosine(profiles: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return profiles @ ref / max(float(np.linalg.norm(ref)), 1e-12)
 
 
-def same_drum(profiles: np.ndarray, threshold: float, lowest: float = 0.25) -> np.ndarray:
-    """Which of these hits sound like the song's kick (cosine >= threshold). The kick is the
-    kit's lowest drum, so the reference is the mean of the `lowest` share of hits by the
-    profile's centroid: toms, or a snare the kick template also fired on, may even outnumber
-    the kicks without moving it."""
+def typical_kick(profiles: np.ndarray, lowest: float = 0.25) -> np.ndarray:
+    """The song's kick among these hits' `low_profiles`. The kick is the kit's lowest drum, so
+    this is the mean of the `lowest` share of hits by the profile's centroid: toms, or a snare
+    the kick template also fired on, may even outnumber the kicks without moving it."""
     power = profiles ** 2
     centroid = (power * np.arange(profiles.shape[1])).sum(axis=1) / np.maximum(
         power.sum(axis=1), 1e-12)
-    return _cosine(profiles, profiles[centroid <= np.quantile(centroid, lowest)].mean(axis=0)
-                   ) >= threshold
+    return profiles[centroid <= np.quantile(centroid, lowest)].mean(axis=0)
 
 
 def sounds_like(audio: np.ndarray, onsets_s: np.ndarray, members: np.ndarray,
@@ -361,9 +370,10 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     family counts where its `rises` reach a share of the song's 95th-percentile rise, or
     (families in `shares`, default SHARES) where it holds that share of the onset's summed
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
-    and the families in `s.adapt_decides` are decided on that second decomposition. Kicks
-    that do not sound like the song's typical kick are dropped (`s.kick_match`), and onsets
-    that sound like the song's snares get one (`s.snare_match`: ghost notes).
+    and the families in `s.adapt_decides` are decided on that second decomposition. Then the
+    checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_like`),
+    snares by sounding like the song's (`s.snare_match`: ghost notes), hi-hats by their hiss
+    (`s.hat_ratio`, `s.hat_match`).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
@@ -385,23 +395,47 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
             out[:, f] = r >= theta * scale
             if name in shares:   # a ghost note: quiet, but mostly this family
                 out[:, f] |= (_shares(rise_of)[:, f] >= shares[name]) & (r > SILENT_RISE)
-    kick, snare = FAMILIES.index("kick"), FAMILIES.index("snare")
-    found = np.flatnonzero(out[:, kick])
-    if "kick" in thresholds and s.kick_match > 0 and len(found) >= s.check_min:
-        profiles = low_profiles(audio, np.asarray(onsets_s)[found], s)
-        out[found, kick] = same_drum(profiles, s.kick_match)
-    sr, onsets_s = s.frames.sample_rate, np.asarray(onsets_s)
+    kick, snare, hihat = (FAMILIES.index(f) for f in ("kick", "snare", "hihat"))
+    onsets_s = np.asarray(onsets_s)
+    if "kick" in thresholds and s.kick_match > 0 and out[:, kick].sum() >= s.check_min:
+        out[:, kick] = _kicks_by_low_end(audio, onsets_s, out[:, kick], s)
     if "snare" in thresholds and s.snare_match > 0 and out[:, snare].sum() >= s.check_min:
         out[:, snare] |= sounds_like(audio, onsets_s, out[:, snare], MID_EDGES_HZ,
-                                     s.snare_samples, s.snare_match, sr)
-    hihat = FAMILIES.index("hihat")
-    found = np.flatnonzero(out[:, hihat])
-    if "hihat" in thresholds and s.hat_ratio > 0 and len(found) >= s.check_min:
-        flat = noisiness(audio, onsets_s[found], s)
-        cut = s.hat_ratio * np.quantile(flat, s.hat_quantile)
-        out[found, hihat] = flat >= cut
-        if s.hat_match > 0 and out[:, hihat].sum() >= s.check_min:
-            more = np.flatnonzero(~out[:, hihat] & sounds_like(
-                audio, onsets_s, out[:, hihat], TOP_EDGES_HZ, s.hat_samples, s.hat_match, sr))
-            out[more, hihat] = noisiness(audio, onsets_s[more], s) >= cut
+                                     s.snare_samples, s.snare_match, s.frames.sample_rate)
+    if "hihat" in thresholds and s.hat_ratio > 0 and out[:, hihat].sum() >= s.check_min:
+        out[:, hihat] = _hats_by_noise(audio, onsets_s, out[:, hihat], s)
+    return out
+
+
+def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray,
+                      s: TemplateSettings) -> np.ndarray:
+    """The template's `kicks` (bool) whose low end is like the song's typical kick, and the
+    onsets where a low end like the kept kicks' starts (`s.kick_like`, `s.kick_gain`)."""
+    low = low_profiles(audio, onsets_s, s, unit=False)
+    profiles = _unit(low)
+    out = kicks & (_cosine(profiles, typical_kick(profiles[kicks])) >= s.kick_match)
+    if s.kick_like > 0 and out.any():
+        like = _cosine(profiles, typical_kick(profiles[out])) >= s.kick_like
+        more = np.flatnonzero(~out & like)
+        before = low_profiles(audio, onsets_s[more] - s.kick_samples / s.frames.sample_rate, s,
+                              unit=False)
+        out[more] = (np.linalg.norm(low[more], axis=1)
+                     >= s.kick_gain * np.linalg.norm(before, axis=1))
+    return out
+
+
+def _hats_by_noise(audio: np.ndarray, onsets_s: np.ndarray, hats: np.ndarray,
+                   s: TemplateSettings) -> np.ndarray:
+    """The template's `hats` (bool) that hiss like the song's noisiest ones, and the onsets that
+    hiss as much and sound like the kept ones (`s.hat_match`)."""
+    found = np.flatnonzero(hats)
+    flat = noisiness(audio, onsets_s[found], s)
+    cut = s.hat_ratio * np.quantile(flat, s.hat_quantile)
+    out = np.zeros_like(hats)
+    out[found] = flat >= cut
+    if s.hat_match > 0 and out.sum() >= s.check_min:
+        more = np.flatnonzero(~out & sounds_like(audio, onsets_s, out, TOP_EDGES_HZ,
+                                                 s.hat_samples, s.hat_match,
+                                                 s.frames.sample_rate))
+        out[more] = noisiness(audio, onsets_s[more], s) >= cut
     return out
