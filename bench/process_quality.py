@@ -47,6 +47,9 @@ def main() -> None:
                          "typical kick)")
     ap.add_argument("--no-ghost-notes", dest="ghost_notes", action="store_false",
                     help="no snare for onsets that merely sound like the song's snares")
+    ap.add_argument("--no-snare-check", dest="snare_check", action="store_false",
+                    help="keep every snare the templates find (no check against the song's "
+                         "typical snare)")
     ap.add_argument("--no-hat-check", dest="hat_check", action="store_false",
                     help="keep every hi-hat the templates find (no check that it hisses)")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
@@ -67,6 +70,7 @@ def main() -> None:
                                                        song_templates=args.song_templates,
                                                        kick_check=args.kick_check,
                                                        ghost_notes=args.ghost_notes,
+                                                       snare_check=args.snare_check,
                                                        hat_check=args.hat_check,
                                                        sensitivity=args.sensitivity),
                              None if args.heuristic else args.model)

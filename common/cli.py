@@ -90,6 +90,10 @@ def process(
     ghost_notes: bool = typer.Option(True, "--ghost-notes/--no-ghost-notes", help="With the "
                                      "templates: also report a snare wherever an onset sounds "
                                      "like the song's snares (quiet ghost notes)."),
+    snare_check: bool = typer.Option(True, "--snare-check/--no-snare-check", help="With the "
+                                     "templates: drop a snare whose sound (100 Hz-16 kHz) is "
+                                     "unlike the song's typical snare (a hi-hat or ride the "
+                                     "snare template fired on)."),
     hat_check: bool = typer.Option(True, "--hat-check/--no-hat-check", help="With the "
                                    "templates: drop a hi-hat whose top octaves (2-16 kHz) ring "
                                    "with partials instead of hissing like the song's hi-hats (a "
@@ -123,7 +127,8 @@ def process(
                           quantization=quantization, max_snap_ms=max_snap_ms,
                           secondary=secondary, band_checks=band_checks, templates=templates,
                           song_templates=song_templates, kick_check=kick_check,
-                          ghost_notes=ghost_notes, hat_check=hat_check,
+                          ghost_notes=ghost_notes, snare_check=snare_check,
+                          hat_check=hat_check,
                           device=device, precision=precision)
     model_path = resolve_model_path(ml_model, ml)
     if model_path is not None:

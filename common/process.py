@@ -52,9 +52,11 @@ class ProcessOptions:
     song_templates: bool = True      # blend the templates with the song's own confident hits
     kick_check: bool = True          # drop template kicks whose low end is unlike the song's
     #                                  typical kick (a tom), add onsets where one like it starts
-    #                                  (common.templates.typical_kick)
+    #                                  (common.templates.lowest_typical)
     ghost_notes: bool = True         # a snare wherever an onset sounds like the song's snares
     #                                  (common.templates.sounds_like)
+    snare_check: bool = True         # drop template snares unlike the song's typical snare (a
+    #                                  hi-hat or ride; common.templates.lowest_typical)
     hat_check: bool = True           # drop template hi-hats whose top octaves ring with partials
     #                                  (a ride; common.templates.noisiness)
     device: str | None = None
@@ -253,6 +255,7 @@ def transcribe(
             s=replace(templates.DEFAULT, adapt=opts.song_templates,
                       kick_match=templates.DEFAULT.kick_match if opts.kick_check else 0.0,
                       snare_match=templates.DEFAULT.snare_match if opts.ghost_notes else 0.0,
+                      snare_keep=templates.DEFAULT.snare_keep if opts.snare_check else 0.0,
                       hat_ratio=templates.DEFAULT.hat_ratio if opts.hat_check else 0.0))
         classes = with_families(classes, found, probs)
         info["templates"] = True

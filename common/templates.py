@@ -14,10 +14,10 @@ kits, see the README). The song's kit is not among the training kits, so by defa
 decomposed twice: the second time with templates blended with the song's own clearest hits of
 each family (`song_templates`). Last, checks of one song against itself: a song's kicks are
 one drum, so a kick whose low end is unlike the song's typical kick is a tom, and an onset
-where a low end like it starts is a kick (`typical_kick`); an
-onset that sounds like the song's snares is one, however quiet (`sounds_like`); a hi-hat is
-noise, so one whose top octaves ring with partials is a ride (`noisiness`), and an onset that
-hisses and sounds like the song's hi-hats is one.
+where a low end like it starts is a kick (`lowest_typical`); a snare unlike the song's typical
+snare is a hi-hat or ride, and an onset that sounds like the song's snares is one, however
+quiet (`sounds_like`); a hi-hat is noise, so one whose top octaves ring with partials is a
+ride (`noisiness`), and an onset that hisses and sounds like the song's hi-hats is one.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TemplateSettings:
     kick_samples: int = 4096       # from the onset (93 ms), zero-padded to 5.4-Hz bins
     # ... and any onset whose low end matches the typical kick (cosine >= kick_like) and is at
     # least kick_gain times the low end's magnitude over the kick_samples before it (a new low
-    # hit, not a ring) is a kick: one the template missed under a crash, ride or tom. 0: off.
+    # hit, not a ring) is a kick: one the template missed (soft, or under a cymbal). 0: off.
     kick_like: float = 0.9
     kick_gain: float = 2.0
     # Ghost notes: a snare is also reported at any onset whose first snare_samples (46 ms) match
@@ -78,6 +78,10 @@ class TemplateSettings:
     # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
     snare_match: float = 0.95
     snare_samples: int = 2048
+    # ... after dropping the template's snares unlike the song's typical snare (the same bands,
+    # cosine below snare_keep; the reference is the lowest-pitched quarter of the snares not
+    # also kicks: the snare template also fires on hi-hats and rides, which sit higher). 0: off.
+    snare_keep: float = 0.7
     # A hi-hat is noise; a ride rings with partials. A hi-hat the templates found whose top
     # octaves (`noisiness`) are less than hat_ratio of the song's noisiest hi-hats (their
     # hat_quantile) is a ride, another cymbal or a snare. 0: off.
@@ -164,10 +168,11 @@ def _cosine(profiles: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return profiles @ ref / max(float(np.linalg.norm(ref)), 1e-12)
 
 
-def typical_kick(profiles: np.ndarray, lowest: float = 0.25) -> np.ndarray:
-    """The song's kick among these hits' `low_profiles`. The kick is the kit's lowest drum, so
-    this is the mean of the `lowest` share of hits by the profile's centroid: toms, or a snare
-    the kick template also fired on, may even outnumber the kicks without moving it."""
+def lowest_typical(profiles: np.ndarray, lowest: float = 0.25) -> np.ndarray:
+    """The song's drum among these hits' band profiles: the mean of the `lowest` share of them
+    by the profile's centroid. A family's template also fires on drums above it (the kick's on
+    toms and snares, the snare's on hi-hats and rides), and those may even outnumber its own
+    hits without moving this reference."""
     power = profiles ** 2
     centroid = (power * np.arange(profiles.shape[1])).sum(axis=1) / np.maximum(
         power.sum(axis=1), 1e-12)
@@ -399,9 +404,9 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     onsets_s = np.asarray(onsets_s)
     if "kick" in thresholds and s.kick_match > 0 and out[:, kick].sum() >= s.check_min:
         out[:, kick] = _kicks_by_low_end(audio, onsets_s, out[:, kick], s)
-    if "snare" in thresholds and s.snare_match > 0 and out[:, snare].sum() >= s.check_min:
-        out[:, snare] |= sounds_like(audio, onsets_s, out[:, snare], MID_EDGES_HZ,
-                                     s.snare_samples, s.snare_match, s.frames.sample_rate)
+    if "snare" in thresholds and s.snare_match + s.snare_keep > 0 and (
+            out[:, snare].sum() >= s.check_min):
+        out[:, snare] = _snares_by_sound(audio, onsets_s, out[:, snare], out[:, kick], s)
     if "hihat" in thresholds and s.hat_ratio > 0 and out[:, hihat].sum() >= s.check_min:
         out[:, hihat] = _hats_by_noise(audio, onsets_s, out[:, hihat], s)
     return out
@@ -413,14 +418,31 @@ def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray
     onsets where a low end like the kept kicks' starts (`s.kick_like`, `s.kick_gain`)."""
     low = low_profiles(audio, onsets_s, s, unit=False)
     profiles = _unit(low)
-    out = kicks & (_cosine(profiles, typical_kick(profiles[kicks])) >= s.kick_match)
+    out = kicks & (_cosine(profiles, lowest_typical(profiles[kicks])) >= s.kick_match)
     if s.kick_like > 0 and out.any():
-        like = _cosine(profiles, typical_kick(profiles[out])) >= s.kick_like
+        like = _cosine(profiles, lowest_typical(profiles[out])) >= s.kick_like
         more = np.flatnonzero(~out & like)
         before = low_profiles(audio, onsets_s[more] - s.kick_samples / s.frames.sample_rate, s,
                               unit=False)
         out[more] = (np.linalg.norm(low[more], axis=1)
                      >= s.kick_gain * np.linalg.norm(before, axis=1))
+    return out
+
+
+def _snares_by_sound(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray,
+                     kicks: np.ndarray, s: TemplateSettings) -> np.ndarray:
+    """The template's `snares` (bool) like the song's typical snare (`s.snare_keep`; the
+    reference leaves out onsets that are also `kicks`, whose low end would pass for the lowest
+    snare), and the onsets that sound like the kept ones (`s.snare_match`: ghost notes)."""
+    profiles = band_profiles(audio, onsets_s, s.snare_samples, MID_EDGES_HZ, s.snare_samples,
+                             s.frames.sample_rate)
+    out = snares.copy()
+    if s.snare_keep > 0:
+        alone = snares & ~kicks
+        ref = lowest_typical(profiles[alone if alone.sum() >= s.check_min else snares])
+        out &= _cosine(profiles, ref) >= s.snare_keep
+    if s.snare_match > 0 and out.sum() >= s.check_min:
+        out |= _cosine(profiles, profiles[out].mean(axis=0)) >= s.snare_match
     return out
 
 

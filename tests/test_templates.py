@@ -23,17 +23,18 @@ from beatsight.common.templates import (
     N_BANDS,
     SPAN,
     THRESHOLDS,
+    _snares_by_sound,  # the reference's choice, directly
     activations,
     attack_patterns,
     family_templates,
     low_profiles,
+    lowest_typical,
     noisiness,
     onset_families,
     rises,
     song_templates,
     sounds_like,
     spectrogram,
-    typical_kick,
     usable,
 )
 
@@ -57,6 +58,8 @@ def _hit(kind: str, rng: np.random.Generator, n: int = 8820) -> np.ndarray:
     noise = rng.standard_normal(n)
     spec = np.fft.rfft(noise)
     f = np.fft.rfftfreq(n, 1 / SR)
+    if kind == "clang":        # a bright metal hit the snare template also takes
+        return np.fft.irfft(spec * ((f > 2500) & (f < 7000)), n) * np.exp(-t / 0.06) * 3
     band = (f > 7000) if kind == "hihat" else ((f > 300) & (f < 2500))
     return np.fft.irfft(spec * band, n) * np.exp(-t / (0.03 if kind == "hihat" else 0.06)) * 3
 
@@ -307,7 +310,7 @@ def test_a_songs_kicks_are_told_from_its_toms_by_their_low_end() -> None:
     audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0)
     profiles = low_profiles(audio, times)
     np.testing.assert_allclose(np.linalg.norm(profiles, axis=1), 1.0, rtol=1e-5)
-    typical = typical_kick(profiles)
+    typical = lowest_typical(profiles)
     np.testing.assert_array_equal(profiles @ typical / np.linalg.norm(typical)
                                   >= DEFAULT.kick_match, [k == "kick" for k in kinds])
 
@@ -376,6 +379,41 @@ def test_onsets_that_sound_like_the_songs_snares_get_one() -> None:
     np.testing.assert_array_equal(like(DEFAULT.snare_match),
                                   [k in ("snare", "ghost") for k in kinds])
     assert not like(1.01).any()
+
+
+def test_snares_unlike_the_songs_typical_snare_are_dropped() -> None:
+    """The snare template also fires on a brighter hit; the song's typical snare is the
+    lowest-pitched quarter of its snares that are not also kicks (here a boomy kick is struck
+    with half of them), so the bright hits are dropped and every snare is kept."""
+    windows, y = _training()
+    tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
+    kinds = ["snare_kick", "hihat", "snare", "hihat"] * 9 + ["clang", "hihat"] * 6
+    times = 0.3 + 0.4 * np.arange(len(kinds))
+    events = [e for t, k in zip(times, kinds, strict=True)
+              for e in ([(t, "snare"), (t, "boomy_kick", 0.5)] if k == "snare_kick" else [(t, k)])]
+    audio = _song(events, times[-1] + 1.0, seed=10)
+    kinds = np.array(kinds)
+    unchecked = onset_families(audio, times, tpl, s=replace(DEFAULT, snare_keep=0.0))
+    assert unchecked[kinds == "clang", SNARE].all()                 # what the check is for
+    found = onset_families(audio, times, tpl)
+    np.testing.assert_array_equal(found[:, SNARE], np.isin(kinds, ["snare", "snare_kick"]))
+
+
+def test_the_typical_snare_leaves_out_snares_struck_with_a_kick() -> None:
+    """With a loud, high kick under half the snares, those are the lowest-pitched snare hits; a
+    reference drawn from them would drop every snare struck alone. Drawn from the snares that
+    are not kicks, it keeps those (the snares under the kick are the ones lost here: a limit)."""
+    kinds = np.array(["snare_kick", "hihat", "snare", "hihat"] * 9)
+    times = 0.3 + 0.4 * np.arange(len(kinds))
+    events = [e for t, k in zip(times, kinds, strict=True)
+              for e in ([(t, "snare"), (t, "boomy_kick", 1.2)] if k == "snare_kick" else [(t, k)])]
+    audio = _song(events, times[-1] + 1.0, seed=10)
+    snares, kicks = kinds != "hihat", kinds == "snare_kick"
+    kept = _snares_by_sound(audio, times, snares, kicks, replace(DEFAULT, snare_match=0.0))
+    assert kept[kinds == "snare"].all()
+    unaware = _snares_by_sound(audio, times, snares, np.zeros_like(kicks),
+                               replace(DEFAULT, snare_match=0.0))
+    assert not unaware[kinds == "snare"].any()
 
 
 def test_a_hihat_hisses_and_a_ride_rings() -> None:
