@@ -184,7 +184,11 @@ def sounds_like(audio: np.ndarray, onsets_s: np.ndarray, members: np.ndarray,
                 sr: int = DEFAULT_ONSETS.sample_rate) -> np.ndarray:
     """(onsets,) bool: which onsets' first `samples` match the mean of the `members` (bool; the
     song's snares, say) in the bands between `edges_hz` (cosine >= threshold)."""
-    profiles = band_profiles(audio, onsets_s, samples, edges_hz, samples, sr)
+    return _like(band_profiles(audio, onsets_s, samples, edges_hz, samples, sr), members,
+                 threshold)
+
+
+def _like(profiles: np.ndarray, members: np.ndarray, threshold: float) -> np.ndarray:
     return _cosine(profiles, profiles[members].mean(axis=0)) >= threshold
 
 
@@ -377,8 +381,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Then the
     checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_like`),
-    snares by sounding like the song's (`s.snare_match`: ghost notes), hi-hats by their hiss
-    (`s.hat_ratio`, `s.hat_match`).
+    snares by their sound (`s.snare_keep`, `s.snare_match`: ghost notes), hi-hats by their
+    hiss (`s.hat_ratio`, `s.hat_match`).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
@@ -442,7 +446,7 @@ def _snares_by_sound(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray
         ref = lowest_typical(profiles[alone if alone.sum() >= s.check_min else snares])
         out &= _cosine(profiles, ref) >= s.snare_keep
     if s.snare_match > 0 and out.sum() >= s.check_min:
-        out |= _cosine(profiles, profiles[out].mean(axis=0)) >= s.snare_match
+        out |= _like(profiles, out, s.snare_match)
     return out
 
 
