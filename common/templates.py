@@ -419,17 +419,19 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
 def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray,
                       s: TemplateSettings) -> np.ndarray:
     """The template's `kicks` (bool) whose low end is like the song's typical kick, and the
-    onsets where a low end like the kept kicks' starts (`s.kick_like`, `s.kick_gain`)."""
+    onsets where a low end like the kept kicks' starts (`s.kick_like`). A low end starts where
+    it is at least `s.kick_gain` times what it was over the `s.kick_samples` before."""
     low = low_profiles(audio, onsets_s, s, unit=False)
+    before = low_profiles(audio, onsets_s - s.kick_samples / s.frames.sample_rate, s, unit=False)
+    starts = np.linalg.norm(low, axis=1) >= s.kick_gain * np.linalg.norm(before, axis=1)
     profiles = _unit(low)
-    out = kicks & (_cosine(profiles, lowest_typical(profiles[kicks])) >= s.kick_match)
+    # the reference only from kicks where a low end starts: an onset just after a kick has
+    # that kick's tail for a low end, and a falling kick's tail is lower than its attack
+    ref = kicks & starts if (kicks & starts).sum() >= s.check_min else kicks
+    out = kicks & (_cosine(profiles, lowest_typical(profiles[ref])) >= s.kick_match)
     if s.kick_like > 0 and out.any():
         like = _cosine(profiles, lowest_typical(profiles[out])) >= s.kick_like
-        more = np.flatnonzero(~out & like)
-        before = low_profiles(audio, onsets_s[more] - s.kick_samples / s.frames.sample_rate, s,
-                              unit=False)
-        out[more] = (np.linalg.norm(low[more], axis=1)
-                     >= s.kick_gain * np.linalg.norm(before, axis=1))
+        out |= like & starts
     return out
 
 

@@ -23,7 +23,8 @@ from beatsight.common.templates import (
     N_BANDS,
     SPAN,
     THRESHOLDS,
-    _snares_by_sound,  # the reference's choice, directly
+    _kicks_by_low_end,  # the references' choice, directly
+    _snares_by_sound,
     activations,
     attack_patterns,
     family_templates,
@@ -48,6 +49,9 @@ def _hit(kind: str, rng: np.random.Generator, n: int = 8820) -> np.ndarray:
         return np.sin(2 * np.pi * 55 * t) * np.exp(-t / 0.08)
     if kind == "boomy_kick":   # another kit's kick: higher, longer
         return np.sin(2 * np.pi * 110 * t) * np.exp(-t / 0.2)
+    if kind == "falling_kick":  # an electronic kick: its pitch falls from 200 to 45 Hz
+        f0 = 45 + 155 * np.exp(-t / 0.05)
+        return np.sin(2 * np.pi * np.cumsum(f0) / SR) * np.exp(-t / 0.15)
     if kind == "tom":          # a floor tom: an octave and a half above the kick, ringing
         return np.sin(2 * np.pi * 160 * t) * np.exp(-t / 0.25)
     if kind == "ride":         # partials where the hi-hat hisses, ringing on, and some wash
@@ -351,6 +355,23 @@ def test_soft_kicks_are_found_by_their_low_end_and_a_kicks_ring_is_not_one() -> 
     found = onset_families(audio, times, tpl)
     np.testing.assert_array_equal(found[:, KICK], unchecked[:, KICK] | (kinds == "soft_kick"))
     assert found[kinds == "kick", KICK].all()
+
+
+def test_the_typical_kick_is_drawn_from_kicks_where_a_low_end_starts() -> None:
+    """A kick whose pitch falls, and a hi-hat 110 ms after each: the template takes the hi-hats
+    for kicks too (as on one dev kit), and their low end is the kick's tail, lower than its
+    attack. Drawn from every template kick, the lowest-pitched quarter is tails and the kicks
+    are dropped; drawn from onsets where a low end starts, the kicks are kept."""
+    kinds = np.array(["falling_kick", "late_hat", "hihat", "snare"] * 8)
+    times = 0.3 + 0.6 * (np.arange(len(kinds)) // 4) + np.tile([0.0, 0.11, 0.3, 0.45], 8)
+    events = [(t, "hihat" if k == "late_hat" else k) for t, k in zip(times, kinds, strict=True)]
+    audio = _song(events, times[-1] + 1.0, seed=11)
+    flagged = np.isin(kinds, ["falling_kick", "late_hat"])
+    s = replace(DEFAULT, kick_like=0.0)
+    kept = _kicks_by_low_end(audio, times, flagged, s)
+    np.testing.assert_array_equal(kept, kinds == "falling_kick")
+    blind = _kicks_by_low_end(audio, times, flagged, replace(s, kick_gain=1e9))   # no start found
+    assert not blind[kinds == "falling_kick"].any()
 
 
 def test_too_few_kicks_are_left_unchecked() -> None:
