@@ -16,7 +16,9 @@ Tests that use these fixtures should be marked `@pytest.mark.needs_kits`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,11 @@ from pathlib import Path
 import pytest
 
 # Computed-once data (common.features.cache_dir) goes to a directory of this test session, so
-# tests neither read nor write the user's cache; processes they start inherit it.
-os.environ.setdefault("BEATSIGHT_CACHE_DIR", tempfile.mkdtemp(prefix="beatsight-cache-"))
+# tests neither read nor write the user's cache; processes they start (and pytest-xdist workers)
+# inherit it. The process that made it removes it on exit.
+if "BEATSIGHT_CACHE_DIR" not in os.environ:
+    os.environ["BEATSIGHT_CACHE_DIR"] = tempfile.mkdtemp(prefix="beatsight-cache-")
+    atexit.register(shutil.rmtree, os.environ["BEATSIGHT_CACHE_DIR"], ignore_errors=True)
 
 SMALL_KIT = "Millo_MultiLayered3"
 SONG_SECONDS = 4.0
