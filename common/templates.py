@@ -73,6 +73,10 @@ class TemplateSettings:
     # hit, not a ring) is a kick: one the template missed (soft, or under a cymbal). 0: off.
     kick_like: float = 0.9
     kick_gain: float = 2.0
+    # ... and a kick the templates found where no low end starts and whose low end is under
+    # kick_quiet of the kept kicks' median is an earlier drum's ring (a tom's, a kick's, under a
+    # hi-hat or nothing). 0: off.
+    kick_quiet: float = 0.5
     # Ghost notes: a snare is also reported at any onset whose first snare_samples (46 ms) match
     # the mean of the song's snares (third-octave bands 100 Hz-16 kHz, cosine >= snare_match):
     # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
@@ -380,7 +384,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     (families in `shares`, default SHARES) where it holds that share of the onset's summed
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Then the
-    checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_like`),
+    checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_quiet`,
+    `s.kick_like`),
     snares by their sound (`s.snare_keep`, `s.snare_match`: ghost notes), hi-hats by their
     hiss (`s.hat_ratio`, `s.hat_match`).
     `spec`: the song's `spectrogram`, if already computed."""
@@ -418,17 +423,21 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
 
 def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray,
                       s: TemplateSettings) -> np.ndarray:
-    """The template's `kicks` (bool) whose low end is like the song's typical kick, and the
-    onsets where a low end like the kept kicks' starts (`s.kick_like`). A low end starts where
-    it is at least `s.kick_gain` times what it was over the `s.kick_samples` before."""
+    """The template's `kicks` (bool) whose low end is like the song's typical kick and, where no
+    low end starts, not quiet (`s.kick_quiet`), and the onsets where a low end like the kept
+    kicks' starts (`s.kick_like`). A low end starts where it is at least `s.kick_gain` times
+    what it was over the `s.kick_samples` before."""
     low = low_profiles(audio, onsets_s, s, unit=False)
     before = low_profiles(audio, onsets_s - s.kick_samples / s.frames.sample_rate, s, unit=False)
-    starts = np.linalg.norm(low, axis=1) >= s.kick_gain * np.linalg.norm(before, axis=1)
+    level = np.linalg.norm(low, axis=1)
+    starts = level >= s.kick_gain * np.linalg.norm(before, axis=1)
     profiles = _unit(low)
     # the reference only from kicks where a low end starts: an onset just after a kick has
     # that kick's tail for a low end, and a falling kick's tail is lower than its attack
     ref = kicks & starts if (kicks & starts).sum() >= s.check_min else kicks
     out = kicks & (_cosine(profiles, lowest_typical(profiles[ref])) >= s.kick_match)
+    if s.kick_quiet > 0 and out.any():
+        out &= starts | (level >= s.kick_quiet * np.median(level[out]))
     if s.kick_like > 0 and out.any():
         like = _cosine(profiles, lowest_typical(profiles[out])) >= s.kick_like
         out |= like & starts
