@@ -52,6 +52,10 @@ def main() -> None:
                          "typical snare)")
     ap.add_argument("--no-hat-check", dest="hat_check", action="store_false",
                     help="keep every hi-hat the templates find (no check that it hisses)")
+    ap.add_argument("--band", type=float, default=None, metavar="DB",
+                    help="mix a band (bass and chords, `simulation.band`) into every render at "
+                         "DB relative to the drums' RMS level (0: as loud; the truth stays the "
+                         "drums')")
     ap.add_argument("--sensitivity", type=float, default=ProcessOptions.sensitivity,
                     help="onset sensitivity, 0-100, as `process --sensitivity`")
     args = ap.parse_args()
@@ -64,7 +68,8 @@ def main() -> None:
         for k, kit_key in enumerate(kits):
             for s in range(args.songs):
                 wav, bsm = write_song(Path(tmp), f"{k}-{s}", get_kit(kit_key),
-                                      args.seed + 10 * k + s, duration_s=args.seconds)
+                                      args.seed + 10 * k + s, duration_s=args.seconds,
+                                      band_db=args.band)
                 est = Path(tmp) / f"{k}-{s}.est.bsm"
                 process_file(wav, est, ProcessOptions(templates=args.templates,
                                                        song_templates=args.song_templates,

@@ -98,8 +98,9 @@ def process(
     hat_check: bool = typer.Option(True, "--hat-check/--no-hat-check", help="With the "
                                    "templates: drop a hi-hat whose top octaves (2-16 kHz) ring "
                                    "with partials instead of hissing like the song's hi-hats (a "
-                                   "ride). Turn off for mixes whose hi-hats sit under guitars "
-                                   "or keys."),
+                                   "ride); it stands aside where the song's hi-hats mostly do not "
+                                   "hiss (a distorted guitar over them). Turn off for mixes "
+                                   "whose hi-hats sit under guitars or keys."),
     band_checks: bool = typer.Option(True, "--band-checks/--no-band-checks", help="Add a kick "
                                      "or hi-hat heard under another hit (band energies)."),
     device: str | None = typer.Option(None, help="torch device for the CNN (default: cuda if "

@@ -96,6 +96,10 @@ class TemplateSettings:
     # ... and, as for snares, a hi-hat wherever an onset hisses and its first hat_samples match
     # the mean of the song's hi-hats (third-octave bands 2-16 kHz, cosine >= hat_match). 0: off.
     hat_match: float = 0.95
+    # ... unless the song's hi-hats mostly do not hiss (median noisiness under hat_floor): then
+    # something else fills the top octaves (a distorted guitar), the check cannot hear the hiss,
+    # and the templates' hi-hats stand. 0: always check.
+    hat_floor: float = 0.35
     check_min: int = 8             # fewer kicks (snares, hi-hats) in the song: no check
 
     def frames_of(self, ms: float) -> int:
@@ -464,9 +468,12 @@ def _snares_by_sound(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray
 def _hats_by_noise(audio: np.ndarray, onsets_s: np.ndarray, hats: np.ndarray,
                    s: TemplateSettings) -> np.ndarray:
     """The template's `hats` (bool) that hiss like the song's noisiest ones, and the onsets that
-    hiss as much and sound like the kept ones (`s.hat_match`)."""
+    hiss as much and sound like the kept ones (`s.hat_match`); all of `hats` where most of them
+    do not hiss (`s.hat_floor`: a band in the top octaves)."""
     found = np.flatnonzero(hats)
     flat = noisiness(audio, onsets_s[found], s)
+    if np.median(flat) < s.hat_floor:
+        return hats
     cut = s.hat_ratio * np.quantile(flat, s.hat_quantile)
     out = np.zeros_like(hats)
     out[found] = flat >= cut

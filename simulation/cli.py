@@ -75,6 +75,9 @@ def render_cmd(
     bpm: float | None = typer.Option(None, help="Tempo (default: 70-180, chosen by the seed)."),
     isolated: bool = typer.Option(False, "--isolated", help="Isolated hits (one per onset, "
                                   "0.6 s apart, every class the kit has) instead of a groove."),
+    band: float | None = typer.Option(None, "--band", metavar="DB", help="Mix in a band (bass "
+                                      "and chords, fluidsynth) at DB relative to the drums' "
+                                      "level, e.g. 0 or -6; the .bsm stays the drums'."),
     kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
 ) -> None:
     """Render one practice groove (or isolated hits) with its ground-truth .bsm."""
@@ -82,9 +85,13 @@ def render_cmd(
 
     k = get_kit(kit, kits_root)
     if isolated:
+        if band is not None:
+            raise typer.BadParameter("a band plays along with grooves, not isolated hits",
+                                     param_hint="--band")
         wav, bsm = write_isolated(out, name, k, seed)
     else:
-        wav, bsm = write_song(out, name, k, seed, duration_s=seconds, style=style, bpm=bpm)
+        wav, bsm = write_song(out, name, k, seed, duration_s=seconds, style=style, bpm=bpm,
+                              band_db=band)
     console.print(f"wrote {wav} and {bsm}", highlight=False)
 
 

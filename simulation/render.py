@@ -53,6 +53,7 @@ class Plan:
     length_s: float
     bpm: float
     style: str
+    first_beat_s: float = 0.0       # where beat 0 falls (a band plays along from there)
 
     @property
     def hits(self) -> list[Hit]:
@@ -248,7 +249,7 @@ def plan_song(kit: Kit, seed: int, *, bars: int | None = None, duration_s: float
             strikes[(t_ms, cls)] = Strike(t_ms, inst, v)
     ordered = tuple(sorted(strikes.values(), key=lambda s: (s.time_ms, str(s.instrument.cls))))
     length_s = lead_s + bars * 4 * beat_s + 1.5        # let the last cymbals ring
-    return Plan(ordered, length_s, bpm, style)
+    return Plan(ordered, length_s, bpm, style, lead_s)
 
 
 def plan_isolated(kit: Kit, seed: int, *, per_class: int = 4, gap_s: float = 0.6) -> Plan:
@@ -347,10 +348,16 @@ def write_plan(out_dir: str | Path, name: str, kit: Kit, plan: Plan, audio: np.n
 
 def write_song(out_dir: str | Path, name: str, kit: Kit, seed: int, *, bars: int | None = None,
                duration_s: float | None = None, style: str | None = None,
-               bpm: float | None = None) -> tuple[Path, Path]:
-    """Render a groove and write `name.wav` + `name.bsm` into `out_dir`; returns both paths."""
+               bpm: float | None = None, band_db: float | None = None) -> tuple[Path, Path]:
+    """Render a groove and write `name.wav` + `name.bsm` into `out_dir`; returns both paths.
+    `band_db`: mix in a band (`simulation.band`) at this level relative to the drums."""
     plan = plan_song(kit, seed, bars=bars, duration_s=duration_s, style=style, bpm=bpm)
-    return write_plan(out_dir, name, kit, plan, mix(plan, seed=seed), seed)
+    audio = mix(plan, seed=seed)
+    if band_db is not None:
+        from .band import render_band, with_band
+
+        audio = with_band(audio, render_band(plan, seed, len(audio)), band_db)
+    return write_plan(out_dir, name, kit, plan, audio, seed)
 
 
 def write_isolated(out_dir: str | Path, name: str, kit: Kit, seed: int, *, per_class: int = 4,

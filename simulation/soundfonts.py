@@ -79,12 +79,19 @@ HIT_SECONDS = 4.0                                    # rendered length per hit (
 SILENT_DB = -60.0                                    # a key whose render peaks below: unfilled
 
 
-def _varlen(n: int) -> bytes:
+def varlen(n: int) -> bytes:
+    """A MIDI variable-length quantity (delta times)."""
     out = [n & 0x7F]
     while n > 0x7F:
         n >>= 7
         out.append(0x80 | (n & 0x7F))
     return bytes(reversed(out))
+
+
+def midi_file(track: bytes, ticks_per_beat: int = 480) -> bytes:
+    """A format-0 MIDI file around one track's events (end-of-track included by the caller)."""
+    header = b"MThd" + struct.pack(">IHHH", 6, 0, 1, ticks_per_beat)
+    return header + b"MTrk" + struct.pack(">I", len(track)) + track
 
 
 def _midi(kit: FontKit, ticks_per_hit: int) -> bytes:
@@ -95,18 +102,22 @@ def _midi(kit: FontKit, ticks_per_hit: int) -> bytes:
     rest = ticks_per_hit
     for note, _ in GM_NOTES:
         for vel in VELOCITIES:
-            ev += _varlen(rest) + bytes([0x90 | ch, note, vel])
-            ev += _varlen(48) + bytes([0x80 | ch, note, 0])
+            ev += varlen(rest) + bytes([0x90 | ch, note, vel])
+            ev += varlen(48) + bytes([0x80 | ch, note, 0])
             rest = ticks_per_hit - 48
-    ev += _varlen(rest) + b"\xff\x2f\x00"
-    header = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480)
-    return header + b"MTrk" + struct.pack(">I", len(ev)) + bytes(ev)
+    ev += varlen(rest) + b"\xff\x2f\x00"
+    return midi_file(bytes(ev))
 
 
 def _render(kit: FontKit, font: Path, workdir: Path) -> np.ndarray:
     """The whole strike sequence rendered by fluidsynth (dry: no reverb, no chorus), mono."""
-    mid, wav = workdir / "kit.mid", workdir / "kit.wav"     # the caller removes them
-    mid.write_bytes(_midi(kit, int(HIT_SECONDS * 480)))
+    return render_midi(_midi(kit, int(HIT_SECONDS * 480)), font, workdir)
+
+
+def render_midi(midi: bytes, font: Path, workdir: Path) -> np.ndarray:
+    """A MIDI file rendered by fluidsynth with `font` (dry: no reverb, no chorus), mono."""
+    mid, wav = workdir / "render.mid", workdir / "render.wav"     # the caller removes them
+    mid.write_bytes(midi)
     cmd = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.8",
            "-r", str(SAMPLE_RATE), "-F", str(wav), str(font), str(mid)]
     try:
@@ -207,7 +218,7 @@ def _write_kits(work: Path, fonts_dir: Path) -> None:
                 sf.write(kit_dir / fname, x, SAMPLE_RATE, subtype="PCM_16")
                 layers.append((fname, float(bounds[v]), float(bounds[v + 1])))
             instruments.append((name, layers))
-        for tmp in ("kit.mid", "kit.wav"):
+        for tmp in ("render.mid", "render.wav"):
             (kit_dir / tmp).unlink(missing_ok=True)
         atomic_write_text(kit_dir / "drumkit.xml", _drumkit_xml(kit, instruments))
 
