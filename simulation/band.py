@@ -77,10 +77,13 @@ def render_band(plan: Plan, seed: int, n_samples: int) -> np.ndarray:
     return out
 
 
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
 def with_band(drums: np.ndarray, band: np.ndarray, db: float) -> np.ndarray:
     """`drums` with `band` mixed in at `db` of the drums' RMS level, peak at the drums' peak."""
-    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))  # noqa: E731
-    if rms(band) == 0 or rms(drums) == 0:
+    if _rms(band) == 0 or _rms(drums) == 0:
         return drums
-    out = drums + band * (rms(drums) / rms(band) * 10 ** (db / 20))
+    out = drums + band * (_rms(drums) / _rms(band) * 10 ** (db / 20))
     return (out * (np.max(np.abs(drums)) / np.max(np.abs(out)))).astype(np.float32)
