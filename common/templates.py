@@ -389,9 +389,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Then the
     checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_quiet`,
-    `s.kick_like`),
-    snares by their sound (`s.snare_keep`, `s.snare_match`: ghost notes), hi-hats by their
-    hiss (`s.hat_ratio`, `s.hat_match`).
+    `s.kick_like`), snares by their sound (`s.snare_keep`, `s.snare_match`: ghost notes),
+    hi-hats by their hiss (`s.hat_ratio`, `s.hat_match`, `s.hat_floor`).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)

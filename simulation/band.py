@@ -10,9 +10,6 @@ come from); the ground truth stays the drums'.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from beatsight.common.errors import BeatSightError
@@ -69,9 +66,7 @@ def render_band(plan: Plan, seed: int, n_samples: int) -> np.ndarray:
     """The band for `plan`, mono float32, `n_samples` long (cut or padded with silence)."""
     if not BAND_FONT.is_file():
         raise BeatSightError(f"{BAND_FONT} not found; {INSTALL_HINT}")
-    midi, _ = band_midi(plan, seed)
-    with tempfile.TemporaryDirectory(prefix="beatsight-band-") as tmp:
-        audio = render_midi(midi, BAND_FONT, Path(tmp))
+    audio = render_midi(band_midi(plan, seed)[0], BAND_FONT)
     out = np.zeros(n_samples, np.float32)
     out[:min(n_samples, len(audio))] = audio[:n_samples]
     return out

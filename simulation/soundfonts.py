@@ -109,25 +109,26 @@ def _midi(kit: FontKit, ticks_per_hit: int) -> bytes:
     return midi_file(bytes(ev))
 
 
-def _render(kit: FontKit, font: Path, workdir: Path) -> np.ndarray:
+def _render(kit: FontKit, font: Path) -> np.ndarray:
     """The whole strike sequence rendered by fluidsynth (dry: no reverb, no chorus), mono."""
-    return render_midi(_midi(kit, int(HIT_SECONDS * 480)), font, workdir)
+    return render_midi(_midi(kit, int(HIT_SECONDS * 480)), font)
 
 
-def render_midi(midi: bytes, font: Path, workdir: Path) -> np.ndarray:
+def render_midi(midi: bytes, font: Path) -> np.ndarray:
     """A MIDI file rendered by fluidsynth with `font` (dry: no reverb, no chorus), mono."""
-    mid, wav = workdir / "render.mid", workdir / "render.wav"     # the caller removes them
-    mid.write_bytes(midi)
-    cmd = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.8",
-           "-r", str(SAMPLE_RATE), "-F", str(wav), str(font), str(mid)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    except FileNotFoundError:
-        raise BeatSightError(f"fluidsynth not found; {INSTALL_HINT}") from None
-    except subprocess.CalledProcessError as exc:
-        msg = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-        raise BeatSightError(f"{font}: fluidsynth failed ({msg[0]})") from None
-    audio, sr = sf.read(wav, dtype="float32", always_2d=True)
+    with tempfile.TemporaryDirectory(prefix="beatsight-fluidsynth-") as tmp:
+        mid, wav = Path(tmp) / "render.mid", Path(tmp) / "render.wav"
+        mid.write_bytes(midi)
+        cmd = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.8",
+               "-r", str(SAMPLE_RATE), "-F", str(wav), str(font), str(mid)]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        except FileNotFoundError:
+            raise BeatSightError(f"fluidsynth not found; {INSTALL_HINT}") from None
+        except subprocess.CalledProcessError as exc:
+            msg = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise BeatSightError(f"{font}: fluidsynth failed ({msg[0]})") from None
+        audio, sr = sf.read(wav, dtype="float32", always_2d=True)
     if sr != SAMPLE_RATE:
         raise BeatSightError(f"{font}: fluidsynth rendered at {sr} Hz, not {SAMPLE_RATE}")
     return audio.mean(axis=1)
@@ -173,9 +174,9 @@ def _fingerprint(x: np.ndarray) -> np.ndarray:
     return f / (np.linalg.norm(f) + 1e-12)
 
 
-def _pieces(kit: FontKit, font: Path, workdir: Path) -> list[tuple[int, str, list[np.ndarray]]]:
+def _pieces(kit: FontKit, font: Path) -> list[tuple[int, str, list[np.ndarray]]]:
     """(GM key, name, one render per velocity) for every key the kit fills."""
-    audio = _render(kit, font, workdir)
+    audio = _render(kit, font)
     hit = int(HIT_SECONDS * SAMPLE_RATE)
     floor = 10 ** (SILENT_DB / 20)
     pieces, slot = [], 1                          # slot 0 is the MIDI file's leading rest
@@ -204,7 +205,7 @@ def _write_kits(work: Path, fonts_dir: Path) -> None:
         kit_dir = work / kit.key
         kit_dir.mkdir()
         instruments = []
-        for note, name, renders in _pieces(kit, fonts_dir / kit.font, kit_dir):
+        for note, name, renders in _pieces(kit, fonts_dir / kit.font):
             loudest = next(x for x in reversed(renders) if x is not None)
             fp = _fingerprint(loudest)
             if name not in GROOVE_PIECES and any(float(fp @ s) > SAME_SAMPLE for s in seen):
@@ -218,8 +219,6 @@ def _write_kits(work: Path, fonts_dir: Path) -> None:
                 sf.write(kit_dir / fname, x, SAMPLE_RATE, subtype="PCM_16")
                 layers.append((fname, float(bounds[v]), float(bounds[v + 1])))
             instruments.append((name, layers))
-        for tmp in ("render.mid", "render.wav"):
-            (kit_dir / tmp).unlink(missing_ok=True)
         atomic_write_text(kit_dir / "drumkit.xml", _drumkit_xml(kit, instruments))
 
 
