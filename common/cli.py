@@ -82,8 +82,10 @@ def process(
                                         "on that second pass (adapts to the song's kit)."),
     kick_check: bool = typer.Option(True, "--kick-check/--no-kick-check", help="With the "
                                     "templates: drop a kick whose low end (35-280 Hz) is unlike "
-                                    "the song's typical kick (it is a tom) or quiet where nothing "
-                                    "starts (a drum's ring), and add one wherever "
+                                    "the song's typical kick (it is a tom) unless the kick's own "
+                                    "pitch starts there at full strength (struck with a tom or "
+                                    "snare), or quiet where nothing starts (a drum's ring), and "
+                                    "add one wherever "
                                     "a low end like it starts (a soft kick, or one under a "
                                     "crash). Turn off for songs "
                                     "with two differently tuned kicks, or mixes whose bass "

@@ -51,7 +51,8 @@ class ProcessOptions:
     #                                  (common.templates) where it has them; band checks then off
     song_templates: bool = True      # blend the templates with the song's own confident hits
     kick_check: bool = True          # drop template kicks whose low end is unlike the song's
-    #                                  typical kick (a tom) or a quiet ring, add onsets where
+    #                                  typical kick (a tom; not a kick struck with one) or a
+    #                                  quiet ring, add onsets where
     #                                  one like it starts
     #                                  (common.templates.lowest_typical)
     ghost_notes: bool = True         # a snare wherever an onset sounds like the song's snares

@@ -77,6 +77,11 @@ class TemplateSettings:
     # kick_quiet of the kept kicks' median is an earlier drum's ring (a tom's, a kick's, under a
     # hi-hat or nothing). 0: off.
     kick_quiet: float = 0.5
+    # ... but a kick the templates found is kept, however unlike the typical kick, where the
+    # typical kick's own pitch (the five bands, 2/3 octave, around its peak) sounds at least
+    # kick_core of the kept kicks' median in each band and starts there (kick_gain): a kick
+    # struck with a tom or snare, whose low end is added to the kick's. 0: off.
+    kick_core: float = 0.5
     # Ghost notes: a snare is also reported at any onset whose first snare_samples (46 ms) match
     # the mean of the song's snares (third-octave bands 100 Hz-16 kHz, cosine >= snare_match):
     # quiet, so its rise is small, and the hi-hat template often explains it better. 0: off.
@@ -389,8 +394,8 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Then the
     checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_quiet`,
-    `s.kick_like`), snares by their sound (`s.snare_keep`, `s.snare_match`: ghost notes),
-    hi-hats by their hiss (`s.hat_ratio`, `s.hat_match`, `s.hat_floor`).
+    `s.kick_core`, `s.kick_like`), snares by their sound (`s.snare_keep`, `s.snare_match`:
+    ghost notes), hi-hats by their hiss (`s.hat_ratio`, `s.hat_match`, `s.hat_floor`).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
@@ -427,9 +432,10 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
 def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray,
                       s: TemplateSettings) -> np.ndarray:
     """The template's `kicks` (bool) whose low end is like the song's typical kick and, where no
-    low end starts, not quiet (`s.kick_quiet`), and the onsets where a low end like the kept
-    kicks' starts (`s.kick_like`). A low end starts where it is at least `s.kick_gain` times
-    what it was over the `s.kick_samples` before."""
+    low end starts, not quiet (`s.kick_quiet`), or where the typical kick's own pitch starts at
+    full strength under another drum (`s.kick_core`); and the onsets where a low end like the
+    kept kicks' starts (`s.kick_like`). A low end starts where it is at least `s.kick_gain`
+    times what it was over the `s.kick_samples` before."""
     low = low_profiles(audio, onsets_s, s, unit=False)
     before = low_profiles(audio, onsets_s - s.kick_samples / s.frames.sample_rate, s, unit=False)
     level = np.linalg.norm(low, axis=1)
@@ -438,13 +444,22 @@ def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray
     # the reference only from kicks where a low end starts: an onset just after a kick has
     # that kick's tail for a low end, and a falling kick's tail is lower than its attack
     ref = kicks & starts if (kicks & starts).sum() >= s.check_min else kicks
-    out = kicks & (_cosine(profiles, lowest_typical(profiles[ref])) >= s.kick_match)
+    typical = lowest_typical(profiles[ref])
+    out = kicks & (_cosine(profiles, typical) >= s.kick_match)
+    struck_with = np.zeros_like(out)
+    if s.kick_core > 0 and out.any():
+        peak = int(np.argmax(typical))
+        core = slice(max(peak - 2, 0), peak + 3)
+        usual = np.maximum(np.median(low[out, core], axis=0), 1e-12)
+        struck_with = kicks & ((low[:, core] / usual).min(axis=1) >= s.kick_core) & (
+            np.linalg.norm(low[:, core], axis=1)
+            >= s.kick_gain * np.linalg.norm(before[:, core], axis=1))
     if s.kick_quiet > 0 and out.any():
         out &= starts | (level >= s.kick_quiet * np.median(level[out]))
     if s.kick_like > 0 and out.any():
         like = _cosine(profiles, lowest_typical(profiles[out])) >= s.kick_like
         out |= like & starts
-    return out
+    return out | struck_with
 
 
 def _snares_by_sound(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray,

@@ -394,6 +394,23 @@ def test_a_quiet_low_end_that_does_not_start_is_a_ring_not_a_kick() -> None:
     np.testing.assert_array_equal(kept, np.isin(kinds, ["kick", "soft_kick"]))
 
 
+def test_a_kick_struck_with_a_tom_is_kept_by_its_own_pitch() -> None:
+    """A kick and a tom struck together: the tom's ring makes the low end unlike the song's
+    typical kick (the cosine check alone drops it), but the kick's own pitch sounds there at
+    full strength. A tom alone has none of it and is still dropped."""
+    kinds = np.array(["kick", "hihat", "tom", "kick_tom"] * 5)
+    times = 0.3 + 0.5 * np.arange(len(kinds))
+    events = [e for t, k in zip(times, kinds, strict=True)
+              for e in ([(t, "kick"), (t, "tom")] if k == "kick_tom" else [(t, k)])]
+    audio = _song(events, times[-1] + 1.0, seed=13)
+    flagged = kinds != "hihat"
+    s = replace(DEFAULT, kick_like=0.0)
+    unchecked = _kicks_by_low_end(audio, times, flagged, replace(s, kick_core=0.0))
+    np.testing.assert_array_equal(unchecked, kinds == "kick")   # what the rule is for
+    kept = _kicks_by_low_end(audio, times, flagged, s)
+    np.testing.assert_array_equal(kept, np.isin(kinds, ["kick", "kick_tom"]))
+
+
 def test_too_few_kicks_are_left_unchecked() -> None:
     windows, y = _training()
     tpl = family_templates(windows, y, DEFAULT_SETTINGS.pre_samples)
