@@ -94,9 +94,10 @@ def process(
                                      "templates: also report a snare wherever an onset sounds "
                                      "like the song's snares (quiet ghost notes)."),
     snare_check: bool = typer.Option(True, "--snare-check/--no-snare-check", help="With the "
-                                     "templates: drop a snare whose sound (100 Hz-16 kHz) is "
-                                     "unlike the song's typical snare (a hi-hat or ride the "
-                                     "snare template fired on)."),
+                                     "templates: drop a snare whose sound (100 Hz-16 kHz, what "
+                                     "the onset adds to the sound before it) is unlike the "
+                                     "song's typical snare (a hi-hat or ride the snare template "
+                                     "fired on)."),
     hat_check: bool = typer.Option(True, "--hat-check/--no-hat-check", help="With the "
                                    "templates: drop a hi-hat whose top octaves (2-16 kHz) ring "
                                    "with partials instead of hissing like the song's hi-hats (a "

@@ -474,6 +474,30 @@ def test_the_typical_snare_leaves_out_snares_struck_with_a_kick() -> None:
     assert not unaware[kinds == "snare"].any()
 
 
+def test_a_held_chord_does_not_make_a_bright_hit_sound_like_the_snare() -> None:
+    """A chord held under every hit (as loud as the hits, a new one every two beats) fills the
+    mid bands at each onset; the check on the onset's whole sound then hears the chord in the
+    snares and in the bright hits alike and keeps those. On what each onset adds to the sound
+    before it, the bright hits are dropped and the snares kept."""
+    kinds = np.array(["snare", "hihat", "clang", "hihat"] * 4 + ["snare", "hihat"] * 8)
+    times = 0.3 + 0.4 * np.arange(len(kinds))
+    audio = _song(list(zip(times, kinds, strict=True)), times[-1] + 1.0, seed=14)
+    t = np.arange(len(audio)) / SR
+    chord = np.zeros_like(audio)
+    for j, start in enumerate(np.arange(0.1, t[-1], 0.8)):
+        held = (t >= start) & (t < start + 0.8)
+        root = 220.0 * 2 ** (j % 4 / 6)
+        for ratio in (1.0, 1.26, 1.5, 2.0, 2.52, 3.0):
+            chord[held] += np.sin(2 * np.pi * root * ratio * t[held])
+    audio = audio + chord / np.abs(chord).max()
+    snares, no_kicks = kinds != "hihat", np.zeros(len(kinds), bool)
+    s = replace(DEFAULT, snare_match=0.0)
+    whole = _snares_by_sound(audio, times, snares, no_kicks, replace(s, snare_added=0.0))
+    assert whole[kinds == "clang"].all()                  # what it is for
+    kept = _snares_by_sound(audio, times, snares, no_kicks, s)
+    np.testing.assert_array_equal(kept, kinds == "snare")
+
+
 def test_a_hihat_hisses_and_a_ride_rings() -> None:
     """Noisiness is the hiss of the top octaves, whatever the hit's loudness: the ride's
     partials score far below the hi-hat at a tenth of the level."""
