@@ -401,8 +401,9 @@ def onset_families(audio: np.ndarray, onsets_s: np.ndarray, templates: np.ndarra
     rise. With `s.adapt` the song is decomposed twice, the second time with `song_templates`,
     and the families in `s.adapt_decides` are decided on that second decomposition. Then the
     checks of the song against itself: kicks by their low end (`s.kick_match`, `s.kick_quiet`,
-    `s.kick_core`, `s.kick_like`), snares by their sound (`s.snare_keep`, `s.snare_match`:
-    ghost notes), hi-hats by their hiss (`s.hat_ratio`, `s.hat_match`, `s.hat_floor`).
+    `s.kick_core`, `s.kick_like`), snares by their sound (`s.snare_keep`, `s.snare_added`,
+    `s.snare_match`: ghost notes), hi-hats by their hiss (`s.hat_ratio`, `s.hat_match`,
+    `s.hat_floor`).
     `spec`: the song's `spectrogram`, if already computed."""
     shares = SHARES if shares is None else shares
     out = np.zeros((len(onsets_s), len(FAMILIES)), bool)
@@ -453,6 +454,8 @@ def _kicks_by_low_end(audio: np.ndarray, onsets_s: np.ndarray, kicks: np.ndarray
     ref = kicks & starts if (kicks & starts).sum() >= s.check_min else kicks
     typical = lowest_typical(profiles[ref])
     out = kicks & (_cosine(profiles, typical) >= s.kick_match)
+    # kicks struck with a tom or snare: joined after the ring rule and the addition, which are
+    # decided on the kicks like the typical one alone
     struck_with = np.zeros_like(out)
     if s.kick_core > 0 and out.any():
         peak = int(np.argmax(typical))
