@@ -52,8 +52,7 @@ class ProcessOptions:
     song_templates: bool = True      # blend the templates with the song's own confident hits
     kick_check: bool = True          # drop template kicks whose low end is unlike the song's
     #                                  typical kick (a tom; not a kick struck with one) or a
-    #                                  quiet ring, add onsets where
-    #                                  one like it starts
+    #                                  quiet ring, add onsets where one like it starts
     #                                  (common.templates.lowest_typical)
     ghost_notes: bool = True         # a snare wherever an onset sounds like the song's snares
     #                                  (common.templates.sounds_like)

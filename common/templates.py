@@ -480,18 +480,18 @@ def _snares_by_sound(audio: np.ndarray, onsets_s: np.ndarray, snares: np.ndarray
     sound is like the kept ones' (`s.snare_match`: ghost notes)."""
     sr, n = s.frames.sample_rate, s.snare_samples
     whole = band_profiles(audio, onsets_s, n, MID_EDGES_HZ, n, sr, unit=False)
-    profiles = whole
-    if s.snare_added > 0:
-        before = band_profiles(audio, onsets_s - n / sr, n, MID_EDGES_HZ, n, sr, unit=False)
-        profiles = np.sqrt(np.maximum(whole ** 2 - before ** 2, s.snare_added * whole ** 2))
-    profiles, whole = _unit(profiles), _unit(whole)
     out = snares.copy()
     if s.snare_keep > 0:
+        profiles = whole
+        if s.snare_added > 0:
+            before = band_profiles(audio, onsets_s - n / sr, n, MID_EDGES_HZ, n, sr, unit=False)
+            profiles = np.sqrt(np.maximum(whole ** 2 - before ** 2, s.snare_added * whole ** 2))
+        profiles = _unit(profiles)
         alone = snares & ~kicks
         ref = lowest_typical(profiles[alone if alone.sum() >= s.check_min else snares])
         out &= _cosine(profiles, ref) >= s.snare_keep
     if s.snare_match > 0 and out.sum() >= s.check_min:
-        out |= _like(whole, out, s.snare_match)
+        out |= _like(_unit(whole), out, s.snare_match)
     return out
 
 

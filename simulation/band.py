@@ -37,14 +37,15 @@ def band_midi(plan: Plan, seed: int) -> tuple[bytes, str]:
     bars = int(np.ceil((plan.length_s - plan.first_beat_s) * beats_per_s / 4))
     notes: list[tuple[int, int, int, int, int]] = []  # (start tick, end tick, channel, note, vel)
     for bar in range(bars):
-        root = key + prog[bar % len(prog)]
+        step = prog[bar % len(prog)]
+        root = key + step
         t0 = bar * 4 * TICKS
         for eighth in range(8):                    # bass: eighths on the root, an octave now and then
             note = root + (12 if rng.random() < 0.15 else 0)
             start = t0 + eighth * TICKS // 2
             notes.append((start, start + TICKS * 2 // 5, 0, note,
                           int(rng.integers(80, 110))))
-        chord = [root + 24, root + 28 + (-1 if prog[bar % len(prog)] == 9 else 0), root + 31]
+        chord = [root + 24, root + 28 - (step == 9), root + 31]    # minor on the sixth
         for half in range(2):                      # chords: on beats 1 and 3
             start = t0 + half * 2 * TICKS
             notes += [(start, start + 2 * TICKS - 20, 1, n, int(rng.integers(60, 90)))

@@ -109,11 +109,6 @@ def _midi(kit: FontKit, ticks_per_hit: int) -> bytes:
     return midi_file(bytes(ev))
 
 
-def _render(kit: FontKit, font: Path) -> np.ndarray:
-    """The whole strike sequence rendered by fluidsynth (dry: no reverb, no chorus), mono."""
-    return render_midi(_midi(kit, int(HIT_SECONDS * 480)), font)
-
-
 def render_midi(midi: bytes, font: Path) -> np.ndarray:
     """A MIDI file rendered by fluidsynth with `font` (dry: no reverb, no chorus), mono."""
     with tempfile.TemporaryDirectory(prefix="beatsight-fluidsynth-") as tmp:
@@ -176,7 +171,7 @@ def _fingerprint(x: np.ndarray) -> np.ndarray:
 
 def _pieces(kit: FontKit, font: Path) -> list[tuple[int, str, list[np.ndarray]]]:
     """(GM key, name, one render per velocity) for every key the kit fills."""
-    audio = _render(kit, font)
+    audio = render_midi(_midi(kit, int(HIT_SECONDS * 480)), font)   # every strike, in order
     hit = int(HIT_SECONDS * SAMPLE_RATE)
     floor = 10 ** (SILENT_DB / 20)
     pieces, slot = [], 1                          # slot 0 is the MIDI file's leading rest
