@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
 from torch import nn
 
 from beatsight.common.atomic import atomic_write
@@ -83,6 +82,10 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int | N
 
     macro_f1 averages over the classes present in `y` or predicted (scikit-learn's default).
     """
+    # scikit-learn is imported here, not at the top: it costs ~1 s of start-up, and Flower
+    # starts a fresh ClientApp process for every training message, which never needs it.
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         return {"n": 0, "loss": float("nan"), "accuracy": float("nan"),
@@ -107,6 +110,8 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int | N
 
 def report_text(y: np.ndarray, pred: np.ndarray) -> str:
     """scikit-learn's text classification report over the classes that occur."""
+    from sklearn.metrics import classification_report
+
     present = sorted(set(np.asarray(y).tolist()) | set(np.asarray(pred).tolist()))
     return classification_report(y, pred, labels=present,
                                   target_names=[CLASSES[i] for i in present], zero_division=0)

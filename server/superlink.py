@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +266,28 @@ def app_dir() -> Path:
     return root
 
 
+def stage_app(app: Path, dest: Path) -> Path:
+    """A copy of the app with only what its FAB carries: pyproject.toml, LICENSE and the
+    packages' sources (`[tool.setuptools.package-dir]`). `flwr run` walks and resolves every
+    file under the app directory before it applies .gitignore; in a checkout with its .venv
+    (~44,000 files) that walk took 6 of the build's 7.5 s, and a large runs/ adds more. An app
+    without that table (a custom --app) is used as it is."""
+    try:
+        meta = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return app
+    packages = meta.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    if not packages:
+        return app
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", "LICENSE"):
+        if (app / name).is_file():
+            shutil.copy2(app / name, dest / name)
+    for src in sorted(set(packages.values())):
+        shutil.copytree(app / src, dest / src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
 def submit_run(state: ServerState, app: Path, overrides: dict[str, Any]) -> str:
     """`flwr run APP beatsight --run-config <toml>`; returns the run id.
 
@@ -274,7 +298,9 @@ def submit_run(state: ServerState, app: Path, overrides: dict[str, Any]) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cfg = runs_dir / f"run-config-{stamp}.toml"
     atomic_write_text(cfg, tomli_w.dumps(overrides))
-    data = flwr_json(state, "run", str(app), CONNECTION, "--run-config", str(cfg.resolve()))
+    with tempfile.TemporaryDirectory(prefix="app-", dir=state.root) as tmp:
+        staged = stage_app(app, Path(tmp) / app.name)
+        data = flwr_json(state, "run", str(staged), CONNECTION, "--run-config", str(cfg.resolve()))
     run_id = str(data["run-id"])
     record_run(state, run_id, overrides, cfg)
     return run_id

@@ -28,7 +28,7 @@ from beatsight.common.errors import BeatSightError
 BIN = Path(bin_dir())
 FAST = ["--set", "local-epochs=1", "--set", "batch-size=8", "--set", "augment="]
 # Tests about the run's control flow also skip the contributors' local evaluation (informative
-# only): a ClientApp process less per contributor and round. The two-round test keeps it.
+# only): a ClientApp process less per contributor and round. The crash-and-resume test keeps it.
 NO_LOCAL_EVAL = ["--set", "fraction-evaluate=0"]
 
 
@@ -57,6 +57,23 @@ def certs_and_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     init_certs(root / "server")
     priv, _, _ = generate(root / "alice", "alice")
     return root / "server" / "ca.pem", priv
+
+
+def test_staged_app_holds_the_packages_and_config_but_not_the_checkouts_other_files(tmp_path: Path
+                                                                                     ) -> None:
+    from beatsight.server.superlink import app_dir, stage_app
+
+    staged = stage_app(app_dir(), tmp_path / "app")
+    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert {"pyproject.toml", "server/serverapp.py", "client/clientapp.py",
+            "common/features.py"} <= files
+    assert not any(f.split("/")[0] in (".venv", "runs", "tests", "docs") or "__pycache__" in f
+                   for f in files), sorted(files)[:20]
+    assert (staged / "pyproject.toml").read_bytes() == (app_dir() / "pyproject.toml").read_bytes()
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n")
+    assert stage_app(custom, tmp_path / "unused") == custom  # no package-dir table: used as is
 
 
 def test_join_refuses_empty_or_unreadable_store_in_one_line(tmp_path: Path, certs_and_key) -> None:
@@ -227,27 +244,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory, stores):
 
 @pytest.mark.slow
 @pytest.mark.needs_kits
-def test_two_round_run_with_tls_and_authentication(fed: Federation) -> None:
-    out = fed.root / "run-2rounds"
-    t0 = time.monotonic()
-    res = fed.run(out, "--rounds", "2", "--min-nodes", "3", "--round-timeout", "300")
-    seconds = time.monotonic() - t0
-    assert "finished:completed" in res.stdout, res.stdout[-3000:]
-    assert ckpt_round(out / "checkpoints" / "latest.pth") == 2
-    assert (out / "global_model.pth").is_file()
-    rounds = json.loads((out / "history.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    for r in rounds[1:]:
-        parts = r["participants"]
-        assert len(parts) == 3 and not any("error" in p for p in parts)
-        assert sum(p["num-examples"] for p in parts) == 81
-    status = fed.cli("status", "--dir", str(fed.state)).stdout
-    assert "finished:completed" in status and "3 online" in status
-    print(f"\n2-round deployment run (3 SuperNodes, TLS + auth): {seconds:.0f} s")
-
-
-@pytest.mark.slow
-@pytest.mark.needs_kits
 def test_unregistered_key_is_refused(fed: Federation) -> None:
     priv, _, _ = generate(fed.root / "keys" / "mallory", "mallory")
     proc = fed.join("mallory", key=priv)
@@ -317,11 +313,15 @@ def test_killing_a_node_mid_round_still_finishes_the_run(fed: Federation) -> Non
 
 @pytest.mark.slow
 @pytest.mark.needs_kits
-def test_server_restart_then_resume_continues_from_the_last_round(fed: Federation) -> None:
+def test_two_round_tls_run_survives_a_server_crash_and_resumes_from_the_last_round(fed: Federation
+                                                                                    ) -> None:
+    """The whole deployment path once: three authenticated SuperNodes over TLS train and evaluate
+    (contributors' local evaluation on, as by default) for two rounds; the SuperLink, its
+    SuperExec and the ServerApp are killed after round 1 and `--resume` runs only round 2."""
     fed.ensure_nodes()
     out = fed.root / "run-restart"
-    fed.run(out, "--rounds", "2", "--min-nodes", "3", "--round-timeout", "300", "--detach",
-            *NO_LOCAL_EVAL)
+    t0 = time.monotonic()
+    fed.run(out, "--rounds", "2", "--min-nodes", "3", "--round-timeout", "300", "--detach")
     latest = out / "checkpoints" / "latest.pth"
     wait_for(lambda: ckpt_round(latest) == 1, 300, "round 1's checkpoint", interval=2)
     kill_tree(fed.server.pid, proc=fed.server)  # crash: SuperLink, its SuperExec and ServerApp
@@ -329,13 +329,20 @@ def test_server_restart_then_resume_continues_from_the_last_round(fed: Federatio
     fed.start_server()
     fed.ensure_nodes()  # the SuperNodes reconnect by themselves
     assert all(p.poll() is None for p in fed.nodes.values())
-    res = fed.run(out, "--rounds", "2", "--min-nodes", "3", "--round-timeout", "300", "--resume",
-                  *NO_LOCAL_EVAL)
+    res = fed.run(out, "--rounds", "2", "--min-nodes", "3", "--round-timeout", "300", "--resume")
+    seconds = time.monotonic() - t0
     assert "finished:completed" in res.stdout, res.stdout[-3000:]
     assert "[ROUND 1/1]" in res.stdout and "[ROUND 2/" not in res.stdout  # only the missing round ran
     assert ckpt_round(latest) == 2 and (out / "global_model.pth").is_file()
     rounds = json.loads((out / "history.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        parts = r["participants"]
+        assert len(parts) == 3 and not any("error" in p for p in parts)
+        assert sum(p["num-examples"] for p in parts) == 81
+    status = fed.cli("status", "--dir", str(fed.state)).stdout
+    assert "finished:completed" in status and "3 online" in status
+    print(f"\n2-round deployment run (3 SuperNodes, TLS + auth, a server crash): {seconds:.0f} s")
 
 
 @pytest.mark.slow

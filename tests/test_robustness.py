@@ -37,8 +37,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_kits]
 
 ROBUST = "trimmed-mean"
 TOLERANCE = 0.02  # the bound: within 2 points of the clean run
-# name: (attack, aggregation). The robust runs carry the assertion; the FedAvg ones are reported.
-# BEATSIGHT_POISONING_ALL=1 adds scale-fedavg for the full table.
+# name: (attack, aggregation). The robust runs carry the assertion; the FedAvg ones are only
+# reported, so they run with BEATSIGHT_POISONING_ALL=1 (the README's full table), not by default:
+# each costs a held-out evaluation of 1,520 hits (~10 s).
 RUNS = {
     f"clean-{ROBUST}": (None, ROBUST),
     f"flip-{ROBUST}": ("flip", ROBUST),
@@ -48,7 +49,7 @@ RUNS = {
     "scale-fedavg": ("scale", "fedavg"),
     f"absent-{ROBUST}": ("absent", ROBUST),
 }
-REPORT_ONLY = ("scale-fedavg",)
+REPORT_ONLY = ("clean-fedavg", "flip-fedavg", "scale-fedavg")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_robust_aggregation_with_one_attacker_of_five(poisoning, shared_evaluati
     # Without an attacker nobody is rejected; the label flipper's update looks normal (its norm
     # is like everyone's), so it reaches the aggregation, where the robust rule has to cope.
     for name in (f"clean-{ROBUST}", f"flip-{ROBUST}", "clean-fedavg", "flip-fedavg"):
-        assert results[name]["rejected"] == [], name
+        assert results.get(name, {"rejected": []})["rejected"] == [], name
     # The x10 update is caught by the server's norm screen before aggregation (by the absolute cap
     # or the round's median, whichever it crosses first) and logged as rejected.
     for name in [n for n in results if n.startswith("scale-")]:
