@@ -5,6 +5,7 @@
   them, so silence would hide a broken set-up) and skip it otherwise, saying how to install.
 - `soundfonts` (session): fluidsynth and the SoundFont packages of `simulation.soundfonts`;
   missing ones fail under CI=true and skip otherwise, like the kits.
+- `font_kits_dir` (session): the SoundFont kits, built once (link it in as DATA/font-kits).
 - `small_kit` (session): `simulation.kits.Kit` of SMALL_KIT (Millo_MultiLayered3: 1 MB,
   multi-layer, kick/snare/hi-hats/toms/ride/crash), fast to render.
 - `rendered_song` (session): `RenderedSong(wav, bsm, kit, seed)`: a ~4 s groove from
@@ -71,6 +72,18 @@ def soundfonts() -> None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def font_kits_dir(tmp_path_factory: pytest.TempPathFactory, soundfonts: None) -> Path:
+    """The SoundFont kits built once for the session (`simulation.soundfonts.build_font_kits`,
+    ~12 s). A test that builds data with font kits links it in as DATA/font-kits, where the
+    build finds it finished and reuses it. Read-only."""
+    from beatsight.simulation.soundfonts import build_font_kits
+
+    out = tmp_path_factory.mktemp("font-kits") / "kits"
+    build_font_kits(out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -116,8 +116,10 @@ def test_heldout_store_covers_its_kits_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_soundfont_kits_join_the_contributors_never_the_heldout(tmp_path, soundfonts):
-    from beatsight.simulation.soundfonts import FONT_KITS
+def test_soundfont_kits_join_the_contributors_never_the_heldout(tmp_path, font_kits_dir):
+    from beatsight.simulation.soundfonts import FONT_KITS, FONT_KITS_DIR
+
+    (tmp_path / FONT_KITS_DIR).symlink_to(font_kits_dir)  # built once per session
 
     stores = build_federation(tmp_path, 2, seed=3, songs_per_contributor=1, song_seconds=3.0,
                               contributor_kits=SMALL, progress=False, font_kits=True)

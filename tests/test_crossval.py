@@ -186,9 +186,11 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
 @pytest.mark.slow
 @pytest.mark.needs_kits
 def test_soundfont_kits_train_in_every_fold_and_never_test(kits_root: Path, tmp_path: Path,
-                                                          soundfonts: None) -> None:
+                                                          font_kits_dir: Path) -> None:
     from beatsight.simulation.crossval import CrossvalConfig, prepare
-    from beatsight.simulation.soundfonts import FONT_KITS
+    from beatsight.simulation.soundfonts import FONT_KITS, FONT_KITS_DIR
+
+    (tmp_path / FONT_KITS_DIR).symlink_to(font_kits_dir)  # built once per session
 
     small = ["Millo_MultiLayered3", "HardElectro1"]
     cfg = CrossvalConfig(folds=2, data=str(tmp_path), songs=1, seconds=3.0,

@@ -38,8 +38,8 @@ def test_midi_file_is_well_formed() -> None:
 
 
 @pytest.fixture(scope="module")
-def font_kits(tmp_path_factory: pytest.TempPathFactory, soundfonts: None) -> list[Path]:
-    return build_font_kits(tmp_path_factory.mktemp("fonts") / "kits")
+def font_kits(font_kits_dir: Path) -> list[Path]:
+    return build_font_kits(font_kits_dir)  # built by the session fixture: the cached result
 
 
 def test_font_kits_parse_as_hydrogen_kits(font_kits: list[Path]) -> None:
