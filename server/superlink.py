@@ -270,20 +270,20 @@ def stage_app(app: Path, dest: Path) -> Path:
     """A copy of the app with only what its FAB carries: pyproject.toml, LICENSE and the
     packages' sources (`[tool.setuptools.package-dir]`). `flwr run` walks and resolves every
     file under the app directory before it applies .gitignore; in a checkout with its .venv
-    (~44,000 files) that walk took 6 of the build's 7.5 s, and a large runs/ adds more. An app
-    without that table (a custom --app) is used as it is."""
+    (~44,000 files) that walk took about 6 of the build's 7.5 s, and a large runs/ adds more.
+    An app without that table, or missing one of its folders (a custom --app), is used as is."""
     try:
         meta = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return app
-    packages = meta.get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    if not packages:
+    sources = sorted(set(meta.get("tool", {}).get("setuptools", {}).get("package-dir", {}).values()))
+    if not sources or not all((app / src).is_dir() for src in sources):
         return app
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pyproject.toml", "LICENSE"):
         if (app / name).is_file():
             shutil.copy2(app / name, dest / name)
-    for src in sorted(set(packages.values())):
+    for src in sources:
         shutil.copytree(app / src, dest / src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 

@@ -75,6 +75,9 @@ def test_staged_app_holds_the_packages_and_config_but_not_the_checkouts_other_fi
     custom.mkdir()
     (custom / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n")
     assert stage_app(custom, tmp_path / "unused") == custom  # no package-dir table: used as is
+    (custom / "pyproject.toml").write_text("[tool.setuptools.package-dir]\n'x.y' = 'gone'\n")
+    assert stage_app(custom, tmp_path / "unused") == custom  # a listed folder is missing
+    assert not (tmp_path / "unused").exists()
 
 
 def test_join_refuses_empty_or_unreadable_store_in_one_line(tmp_path: Path, certs_and_key) -> None:
