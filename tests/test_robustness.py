@@ -158,8 +158,10 @@ def test_robust_aggregation_with_one_attacker_of_five(poisoning, shared_evaluati
     assert _same_model(root / f"scale-{ROBUST}", root / f"absent-{ROBUST}")
     # Without an attacker nobody is rejected; the label flipper's update looks normal (its norm
     # is like everyone's), so it reaches the aggregation, where the robust rule has to cope.
-    for name in (f"clean-{ROBUST}", f"flip-{ROBUST}", "clean-fedavg", "flip-fedavg"):
-        assert results.get(name, {"rejected": []})["rejected"] == [], name
+    # (the FedAvg runs only where they ran: BEATSIGHT_POISONING_ALL=1)
+    for name in [n for n in (f"clean-{ROBUST}", f"flip-{ROBUST}", "clean-fedavg", "flip-fedavg")
+                 if n in results or ROBUST in n]:
+        assert results[name]["rejected"] == [], name
     # The x10 update is caught by the server's norm screen before aggregation (by the absolute cap
     # or the round's median, whichever it crosses first) and logged as rejected.
     for name in [n for n in results if n.startswith("scale-")]:
