@@ -7,6 +7,7 @@ we stop a process *and its descendants*, by pid (never by name).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -31,6 +32,19 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when `parent` (the pid that started it) dies, even
+    by SIGKILL, so worker processes never outlive their command (no-op where prctl is
+    missing). If the parent died already, while this process was still starting, stop now."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def descendants(pid: int) -> list[int]:

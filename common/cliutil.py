@@ -27,10 +27,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run a typer app; a BeatSightError becomes `error: <message>` on stderr and exit code 2."""
+    """Run a typer app; a BeatSightError becomes `error: <message>` on stderr and exit code 2,
+    Ctrl-C `interrupted` and 130. Outside standalone mode typer turns Ctrl-C and `typer.Exit`
+    into a returned exit code, which is easy to drop (it was: Ctrl-C exited 0)."""
     setup_logging()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except BeatSightError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -49,3 +51,7 @@ def run_app(app: typer.Typer) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:
+        err_console.print("interrupted")
+    if isinstance(code, int) and code:
+        sys.exit(code)

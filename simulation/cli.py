@@ -322,8 +322,11 @@ def crossval_cmd(
     font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help="Also train on "
                                    "the SoundFont drum kits (DATA/font-kits; they never test)."),
     fold: list[int] = typer.Option(None, "--fold", help="Run only this fold (1-based, repeatable)."),
-    threads: int | None = typer.Option(None, "--threads", help="Torch threads."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at once, each in its "
+                             "own process (default torch threads: cores / jobs)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (per fold)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON "
+                                    "(rewritten after each fold; 'complete' says if all ran)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     kits_root: Path | None = typer.Option(None, "--kits-dir", help="Kits directory."),
 ) -> None:
@@ -351,17 +354,20 @@ def crossval_cmd(
                             isolated_per_class=isolated, max_per_class=max_per_class,
                             drop_shared=drop_shared, pooling=check_pooling(pooling),
                             kits=list(kit or []), only_folds=list(fold or []),
-                            font_kits=font_kits)
+                            font_kits=font_kits, jobs=jobs)
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}"
                   f"{f' (power {class_weight_power:g})' if balance == 'loss' else ''}, label smoothing "
                   f"{label_smoothing}, {head} head, {pooling} pooling", highlight=False)
-    result = cv.crossval(cfg, train_cfg, kits_root, progress,
-                         on_fold=lambda rec: console.print(cv.fold_line(rec), highlight=False))
+    def on_fold(rec: dict, so_far: dict) -> None:
+        console.print(cv.fold_line(rec), highlight=False)
+        if out is not None:   # after every fold: a stopped run keeps what it finished
+            atomic_write_text(out, json.dumps(so_far, indent=1) + "\n")
+
+    result = cv.crossval(cfg, train_cfg, kits_root, progress, on_fold=on_fold)
     for table in cv.tables(result):
         console.print(table)
     if out is not None:
-        atomic_write_text(out, json.dumps(result, indent=1) + "\n")
         console.print(f"wrote {out}", highlight=False)
 
 

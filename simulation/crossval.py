@@ -15,9 +15,14 @@ A kit's store serves as training data in the folds that keep it and as test data
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import signal
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ from beatsight.client.dataset import FeatureSet
 from beatsight.client.evaluation import predict_logits
 from beatsight.client.store import SampleStore, record_groups
 from beatsight.client.training import TrainConfig, fit, new_model
+from beatsight.common.children import die_with_parent
 from beatsight.common.classes import CLASSES, MERGED_CLASSES, NUM_CLASSES, merge_labels
 from beatsight.common.errors import BeatSightError
 from beatsight.common.model import SECONDARY_THRESHOLD, head_probs
@@ -266,6 +272,7 @@ class CrossvalConfig:
     kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
     font_kits: bool = False           # SoundFont kits (DATA/font-kits) train in every fold
     only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
+    jobs: int = 1                     # folds trained at once, each in its own process
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -341,34 +348,65 @@ def run_fold(index: int, heldout: list[str], data: dict[str, KitData], train_cfg
                  "probs": probs}
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(cfg: CrossvalConfig, kits_root: str | Path | None, parent: int) -> None:
+    """A fold worker loads the kits itself from the caches `prepare` filled in the parent:
+    cheaper than pickling every kit's patches into each process. Ctrl-C is the parent's to
+    handle (it stops the pool); a worker dies with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+    _WORKER["data"], _WORKER["folds"], _ = prepare(cfg, kits_root, progress=False)
+
+
+def _worker_fold(index: int, cfg: CrossvalConfig, train_cfg: TrainConfig) -> tuple[dict, dict]:
+    return run_fold(index, _WORKER["folds"][index - 1], _WORKER["data"], train_cfg,
+                    cfg.max_per_class, False, cfg.drop_shared, cfg.pooling)
+
+
+def _fold_results(cfg: CrossvalConfig, train_cfg: TrainConfig, data: dict[str, KitData],
+                  folds: list[list[str]], wanted: list[int], kits_root: str | Path | None,
+                  progress: bool) -> Iterator[tuple[dict, dict]]:
+    """(record, predictions) of each wanted fold as it finishes. With `cfg.jobs` > 1 the folds
+    train in that many spawned processes, each with cores / jobs torch threads unless
+    `train_cfg.num_threads` says otherwise; a fold's result depends on its threads, not on
+    which process or in which order it ran."""
+    jobs = min(cfg.jobs, len(wanted))
+    if jobs <= 1:
+        for i in wanted:
+            yield run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress,
+                           cfg.drop_shared, cfg.pooling)
+        return
+    threads = train_cfg.num_threads or max(1, (os.cpu_count() or 1) // jobs)
+    run = partial(_worker_fold, cfg=cfg, train_cfg=replace(train_cfg, num_threads=threads))
+    # Pool, not ProcessPoolExecutor: leaving the block (done, error, Ctrl-C) terminates the
+    # workers instead of waiting for their folds to finish.
+    spawn = multiprocessing.get_context("spawn")
+    with (spawn.Pool(jobs, _init_worker, (cfg, kits_root, os.getpid())) as pool,
+          Progress(disable=not progress, transient=True) as bar):
+        task = bar.add_task(f"folds ({jobs} at a time, {threads} torch thread"
+                            f"{'s' if threads > 1 else ''} each)", total=len(wanted))
+        for result in pool.imap_unordered(run, wanted):
+            yield result
+            bar.advance(task)
+
+
 def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path | None = None,
-             progress: bool = True, on_fold=None) -> dict:
-    """The whole protocol; returns the JSON-ready result (see `beatsight-sim crossval`)."""
+             progress: bool = True, on_fold: Callable[[dict, dict], None] | None = None) -> dict:
+    """The whole protocol; returns the JSON-ready result (see `beatsight-sim crossval`).
+    `on_fold(record, result so far)` after each fold: a long run that is stopped keeps the
+    folds it finished (`complete` is false until the last one)."""
     t0 = time.perf_counter()
+    if cfg.jobs < 1:
+        raise BeatSightError(f"--jobs {cfg.jobs}: need at least 1")
     data, folds, excluded = prepare(cfg, kits_root, progress)
     t_data = time.perf_counter() - t0
     wanted = cfg.only_folds or list(range(1, len(folds) + 1))
     bad = [i for i in wanted if not 1 <= i <= len(folds)]
     if bad:
         raise BeatSightError(f"fold {bad[0]}: folds are 1-{len(folds)}")
-    records, pooled = [], {"y": [], "pred": [], "isolated": [], "group": [], "probs": []}
-    for i in wanted:
-        rec, preds = run_fold(i, folds[i - 1], data, train_cfg, cfg.max_per_class, progress,
-                              cfg.drop_shared, cfg.pooling)
-        records.append(rec)
-        for key in pooled:
-            pooled[key].append(preds[key])
-        if on_fold is not None:
-            on_fold(rec)
-    y, pred, iso, group, probs = (np.concatenate(pooled[k])
-                                  for k in ("y", "pred", "isolated", "group", "probs"))
-    summary = {s: {m: summarise([r["metrics"][s].get(m, float("nan")) for r in records])
-                   for m in METRICS} for s in SUBSETS}
-    per_class = {}
-    for c in CLASSES:
-        vals = [r["metrics"]["all"]["per_class_f1"].get(c) for r in records]
-        per_class[c] = summarise([v for v in vals if v is not None])
-    return {
+    head = {
         "protocol": "leave-kits-out",
         "config": cfg.to_dict(),
         "train": train_cfg.to_dict(),
@@ -377,12 +415,33 @@ def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path 
                  "samples": {k: {"all": int(len(d.fs.y)), "isolated": int(d.isolated.sum())}
                              for k, d in sorted(data.items())}},
         "folds_assigned": folds,
-        "folds": records,
-        "summary": summary,
-        "per_class_f1": per_class,
-        "pooled": _subsets(y, pred, iso, group, probs, SECONDARY_THRESHOLD[train_cfg.head]),
-        "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)},
     }
+    done: dict[int, tuple[dict, dict]] = {}
+    result: dict = {}
+    for rec, preds in _fold_results(cfg, train_cfg, data, folds, wanted, kits_root, progress):
+        done[rec["fold"]] = (rec, preds)
+        result = {**head, **_results([done[i] for i in wanted if i in done], train_cfg.head),
+                  "complete": len(done) == len(wanted),
+                  "seconds": {"data": round(t_data, 1),
+                              "total": round(time.perf_counter() - t0, 1)}}
+        if on_fold is not None:
+            on_fold(rec, result)
+    return result
+
+
+def _results(done: list[tuple[dict, dict]], head: str) -> dict:
+    """Fold records (in fold order, whichever finished first), mean ± spread, pooled scores."""
+    records = [rec for rec, _ in done]
+    y, pred, iso, group, probs = (np.concatenate([preds[k] for _, preds in done])
+                                  for k in ("y", "pred", "isolated", "group", "probs"))
+    summary = {s: {m: summarise([r["metrics"][s].get(m, float("nan")) for r in records])
+                   for m in METRICS} for s in SUBSETS}
+    per_class = {}
+    for c in CLASSES:
+        vals = [r["metrics"]["all"]["per_class_f1"].get(c) for r in records]
+        per_class[c] = summarise([v for v in vals if v is not None])
+    return {"folds": records, "summary": summary, "per_class_f1": per_class,
+            "pooled": _subsets(y, pred, iso, group, probs, SECONDARY_THRESHOLD[head])}
 
 
 # ---------------------------------------------------------------- reporting

@@ -139,15 +139,17 @@ def test_a_fold_trains_only_on_the_other_kits_and_tests_on_the_held_out_ones() -
 @pytest.mark.slow
 @pytest.mark.needs_kits
 def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None:
-    """2 folds over two small real kits, tiny data, 1 epoch: the JSON has every field."""
+    """2 folds over two small real kits, tiny data, 1 epoch, both folds at once in worker
+    processes: the JSON has every field, and equals a run of the folds one after the other."""
     from beatsight.simulation.cli import main
+    from beatsight.simulation.crossval import CrossvalConfig, crossval
 
     out = tmp_path / "cv.json"
+    kits = ["Millo_MultiLayered3", "HardElectro1", "Gimme A Hand 1.0"]
     args = ["beatsight-sim", "crossval", "--folds", "2", "--epochs", "1", "--songs", "1",
-            "--seconds", "3", "--isolated", "2", "--kit", "Millo_MultiLayered3",
-            "--kit", "HardElectro1", "--kit", "Gimme A Hand 1.0", "--augment", "all",
-            "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress",
-            "--kits-dir", str(kits_root)]
+            "--seconds", "3", "--isolated", "2", *(a for k in kits for a in ("--kit", k)),
+            "--augment", "all", "--data", str(tmp_path / "data"), "--out", str(out),
+            "--no-progress", "--kits-dir", str(kits_root), "--jobs", "2", "--threads", "1"]
     old, sys.argv = sys.argv, args
     t0 = time.perf_counter()
     try:
@@ -180,7 +182,17 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
             assert s["folds"] == 2 and 0.0 <= s["mean"] <= 1.0 and s["std"] >= 0.0
             assert 0.0 <= r["pooled"][sub][key] <= 1.0
     assert r["train"]["augment"][0] == "time_shift" and r["train"]["epochs"] == 1
+    assert r["config"]["jobs"] == 2
     assert seconds < 120, f"smoke test took {seconds:.0f} s"  # ~20 s on a quiet machine
+
+    train = TrainConfig(**r["train"])
+    seen: list[tuple[int, int, bool]] = []
+    serial = crossval(CrossvalConfig(**{**r["config"], "jobs": 1}), train, kits_root,
+                      progress=False, on_fold=lambda rec, so_far: seen.append(
+                          (rec["fold"], len(so_far["folds"]), so_far["complete"])))
+    assert seen == [(1, 1, False), (2, 2, True)]   # what `--out` holds after each fold
+    assert r["complete"] and serial["pooled"] == r["pooled"]
+    assert [f["metrics"] for f in serial["folds"]] == [f["metrics"] for f in r["folds"]]
 
 
 @pytest.mark.slow
@@ -202,3 +214,51 @@ def test_soundfont_kits_train_in_every_fold_and_never_test(kits_root: Path, tmp_
     cfg_train = TrainConfig(epochs=1, batch_size=64, early_stopping_patience=0, augment=[])
     rec, _ = run_fold(1, folds[0], data, cfg_train, max_per_class=2, progress=False)
     assert fonts <= set(rec["train_kits"]) and not fonts & set(rec["heldout"])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.needs_kits
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_fold_workers_stop_with_the_command(kits_root: Path, tmp_path: Path, sig: str) -> None:
+    """Ctrl-C stops the pool at once (exit 130, no traceback); a killed command takes its
+    workers with it. Either way no process is left training."""
+    import os
+    import signal
+    import subprocess
+
+    from beatsight.common.children import alive, descendants
+
+    cmd = [sys.executable, "-m", "beatsight.simulation.cli", "crossval", "--folds", "2",
+           "--epochs", "5000", "--songs", "1", "--seconds", "3", "--isolated", "2",
+           "--kit", "Millo_MultiLayered3", "--kit", "HardElectro1", "--data",
+           str(tmp_path / "data"), "--no-progress", "--kits-dir", str(kits_root), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            workers = [p for p in descendants(proc.pid) if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, proc.communicate(timeout=60)
+        time.sleep(3)  # workers past their start-up, training
+        os.kill(proc.pid, getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+        if sig == "SIGINT":
+            assert proc.returncode == 130 and err.strip().endswith("interrupted"), err
+            assert "Traceback" not in err
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(p) for p in workers)
+    finally:
+        for p in [proc.pid, *workers]:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+        proc.wait(timeout=10)
