@@ -406,7 +406,7 @@ def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path 
     bad = [i for i in wanted if not 1 <= i <= len(folds)]
     if bad:
         raise BeatSightError(f"fold {bad[0]}: folds are 1-{len(folds)}")
-    head = {
+    header = {
         "protocol": "leave-kits-out",
         "config": cfg.to_dict(),
         "train": train_cfg.to_dict(),
@@ -420,7 +420,7 @@ def crossval(cfg: CrossvalConfig, train_cfg: TrainConfig, kits_root: str | Path 
     result: dict = {}
     for rec, preds in _fold_results(cfg, train_cfg, data, folds, wanted, kits_root, progress):
         done[rec["fold"]] = (rec, preds)
-        result = {**head, **_results([done[i] for i in wanted if i in done], train_cfg.head),
+        result = {**header, **_results([done[i] for i in wanted if i in done], train_cfg.head),
                   "complete": len(done) == len(wanted),
                   "seconds": {"data": round(t_data, 1),
                               "total": round(time.perf_counter() - t0, 1)}}
