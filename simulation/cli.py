@@ -371,6 +371,39 @@ def crossval_cmd(
         console.print(f"wrote {out}", highlight=False)
 
 
+@app.command("crossval-merge")
+def crossval_merge_cmd(
+    results: list[Path] = typer.Argument(..., help="`crossval --out` JSON files of runs that "
+                                         "each ran some folds (`--fold`) with the same settings."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the merged result as JSON."),
+) -> None:
+    """One result from crossval runs that ran different folds (a long protocol split over days
+    or machines): the same tables as `crossval`, pooled over every fold (onset F1 excepted)."""
+    import json
+
+    from beatsight.common.atomic import atomic_write_text
+    from beatsight.common.errors import BeatSightError
+
+    from . import crossval as cv
+
+    loaded = []
+    for path in results:
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise BeatSightError(f"{path}: cannot read a crossval result ({exc})") from None
+    result = cv.merge(loaded, [str(p) for p in results])
+    for table in cv.tables(result):
+        console.print(table)
+    missing = sorted(set(range(1, len(result["folds_assigned"]) + 1))
+                     - set(result["config"]["only_folds"]))
+    if missing:
+        console.print(f"folds not run yet: {', '.join(map(str, missing))}", highlight=False)
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+        console.print(f"wrote {out}", highlight=False)
+
+
 def main() -> None:
     run_app(app)
 

@@ -197,14 +197,19 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict:
     for suffix, yy, pp, names in (("", y, pred, CLASSES),
                                   ("_merged", np.array(merge_labels(y)),
                                    np.array(merge_labels(pred)), MERGED_CLASSES)):
-        cm = _confusion(yy, pp, len(names))
-        f1, present, seen = _f1s(cm)
-        out["accuracy" + suffix] = float((yy == pp).mean())
-        out["macro_f1" + suffix] = float(f1[seen].mean())
-        out["per_class_f1" + suffix] = {names[i]: round(float(f1[i]), 4)
-                                        for i in range(len(names)) if present[i]}
-        out["confusion" + suffix] = cm.tolist()
+        out.update(_confusion_scores(_confusion(yy, pp, len(names)), names, suffix))
     return out
+
+
+def _confusion_scores(cm: np.ndarray, names: tuple[str, ...], suffix: str = "") -> dict:
+    """Everything `scores` reports is a function of the confusion matrix, so folds that ran
+    apart pool exactly by adding theirs (`merge`)."""
+    f1, present, seen = _f1s(cm)
+    return {"accuracy" + suffix: float(np.trace(cm) / cm.sum()),
+            "macro_f1" + suffix: float(f1[seen].mean()),
+            "per_class_f1" + suffix: {names[i]: round(float(f1[i]), 4)
+                                      for i in range(len(names)) if present[i]},
+            "confusion" + suffix: cm.tolist()}
 
 
 def onset_scores(y: np.ndarray, group: np.ndarray, probs: np.ndarray, secondary: float) -> dict:
@@ -434,14 +439,78 @@ def _results(done: list[tuple[dict, dict]], head: str) -> dict:
     records = [rec for rec, _ in done]
     y, pred, iso, group, probs = (np.concatenate([preds[k] for _, preds in done])
                                   for k in ("y", "pred", "isolated", "group", "probs"))
+    return {"folds": records, **_over_folds(records),
+            "pooled": _subsets(y, pred, iso, group, probs, SECONDARY_THRESHOLD[head])}
+
+
+def _over_folds(records: list[dict]) -> dict:
+    """Mean ± spread of each fold's scores, and of each class's F1 over the folds testing it."""
     summary = {s: {m: summarise([r["metrics"][s].get(m, float("nan")) for r in records])
                    for m in METRICS} for s in SUBSETS}
     per_class = {}
     for c in CLASSES:
         vals = [r["metrics"]["all"]["per_class_f1"].get(c) for r in records]
         per_class[c] = summarise([v for v in vals if v is not None])
-    return {"folds": records, "summary": summary, "per_class_f1": per_class,
-            "pooled": _subsets(y, pred, iso, group, probs, SECONDARY_THRESHOLD[head])}
+    return {"summary": summary, "per_class_f1": per_class}
+
+
+# ---------------------------------------------------------------- merging runs
+# Settings that may differ between runs whose folds are merged: which folds ran and how.
+RUN_ONLY = ("only_folds", "jobs")
+HIT_SHARES = ("ceiling", "accuracy_any", "shared_onset")   # shares of hits: pool by counting
+
+
+def _pooled_from_folds(records: list[dict]) -> dict:
+    """Pooled scores from the folds' confusion matrices and per-hit shares; the onset scores
+    (counted per onset, not kept per fold) are left out."""
+    out = {}
+    for sub in SUBSETS:
+        ms = [r["metrics"][sub] for r in records if r["metrics"][sub].get("n")]
+        n = sum(m["n"] for m in ms)
+        out[sub] = {"n": n}
+        if not n:
+            continue
+        for suffix, names in (("", CLASSES), ("_merged", MERGED_CLASSES)):
+            cm = np.sum([np.array(m["confusion" + suffix], np.int64) for m in ms], axis=0)
+            out[sub].update(_confusion_scores(cm, names, suffix))
+        for key in HIT_SHARES:   # a fold's share times its hits is a whole count (rounded to 1e-4)
+            out[sub][key] = round(sum(round(m[key] * m["n"]) for m in ms) / n, 4)
+    return out
+
+
+def merge(results: list[dict], names: list[str] | None = None) -> dict:
+    """One result from runs of the same protocol that each ran some folds (`--fold`, on other
+    days or machines): every fold record as it was, mean ± spread and pooled scores over all."""
+    names = names or [f"run {i + 1}" for i in range(len(results))]
+    if not results:
+        raise BeatSightError("nothing to merge")
+    first = results[0]
+    def setting(r: dict) -> tuple:
+        return ({k: v for k, v in r["config"].items() if k not in RUN_ONLY}, r["train"],
+                r["folds_assigned"])
+    records: dict[int, dict] = {}
+    for name, r in zip(names, results, strict=True):
+        if not isinstance(r, dict) or r.get("protocol") != "leave-kits-out" or "folds" not in r:
+            raise BeatSightError(f"{name}: not a `beatsight-sim crossval` result")
+        if setting(r) != setting(first):
+            what = [k for k, a, b in zip(("config", "train", "folds"), setting(r), setting(first),
+                                         strict=True) if a != b]
+            raise BeatSightError(f"{name}: ran with other settings than {names[0]} "
+                                 f"({', '.join(what)} differ); only folds that ran alike merge")
+        for rec in r["folds"]:
+            if rec["fold"] in records:
+                raise BeatSightError(f"{name}: fold {rec['fold']} is in two of the runs")
+            records[rec["fold"]] = rec
+    folds = [records[i] for i in sorted(records)]
+    ran = sorted(records)
+    return {**{k: first[k] for k in ("protocol", "train", "kits", "folds_assigned")},
+            "config": {**first["config"], "only_folds": ran,
+                       "jobs": sorted({r["config"].get("jobs", 1) for r in results})},
+            "merged_from": names, "folds": folds, **_over_folds(folds),
+            "pooled": _pooled_from_folds(folds),
+            "complete": ran == list(range(1, len(first["folds_assigned"]) + 1)),
+            "seconds": {"total": round(sum(r.get("seconds", {}).get("total", 0.0)
+                                           for r in results), 1)}}
 
 
 # ---------------------------------------------------------------- reporting

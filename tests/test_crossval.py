@@ -142,7 +142,7 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
     """2 folds over two small real kits, tiny data, 1 epoch, both folds at once in worker
     processes: the JSON has every field, and equals a run of the folds one after the other."""
     from beatsight.simulation.cli import main
-    from beatsight.simulation.crossval import CrossvalConfig, crossval
+    from beatsight.simulation.crossval import CrossvalConfig, crossval, merge
 
     out = tmp_path / "cv.json"
     kits = ["Millo_MultiLayered3", "HardElectro1", "Gimme A Hand 1.0"]
@@ -192,6 +192,9 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
                           (rec["fold"], len(so_far["folds"]), so_far["complete"])))
     assert seen == [(1, 1, False), (2, 2, True)]   # what `--out` holds after each fold
     assert r["complete"] and serial["pooled"] == r["pooled"]
+    pooled = merge([r])["pooled"]      # from the folds' confusions: the same, onsets aside
+    assert pooled == {sub: {k: v for k, v in r["pooled"][sub].items() if not k.startswith("onset")}
+                      for sub in SUBSETS}
     assert [f["metrics"] for f in serial["folds"]] == [f["metrics"] for f in r["folds"]]
 
 
@@ -262,3 +265,72 @@ def test_fold_workers_stop_with_the_command(kits_root: Path, tmp_path: Path, sig
             if alive(p):
                 os.kill(p, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def _partial(done: list, folds: list[list[str]], train: TrainConfig) -> dict:
+    """What `crossval --fold ... --out` writes for the folds in `done`."""
+    from beatsight.simulation.crossval import CrossvalConfig, _results
+
+    cfg = CrossvalConfig(folds=len(folds), only_folds=[rec["fold"] for rec, _ in done])
+    return {"protocol": "leave-kits-out", "config": cfg.to_dict(), "train": train.to_dict(),
+            "kits": {"used": {}, "excluded": [], "samples": {}}, "folds_assigned": folds,
+            **_results(done, "single"), "complete": True,
+            "seconds": {"total": 1.0}}
+
+
+def test_runs_of_different_folds_merge_into_the_run_of_all(tmp_path: Path, capsys) -> None:
+    """Folds run apart (`--fold`) and merged score exactly as one run of every fold: pooled
+    accuracy, macro-F1, per-class F1, confusion and the per-hit shares; runs that differ in
+    settings, or share a fold, are refused in one line."""
+    from beatsight.simulation.cli import main
+    from beatsight.simulation.crossval import HIT_SHARES, merge
+
+    folds = [["A"], ["B"], ["C"]]
+    data = {k: _fake_kit(k, n, i) for i, (k, n) in enumerate([("A", 9), ("B", 7), ("C", 8)])}
+    train = TrainConfig(epochs=1, batch_size=8, early_stopping_patience=0, augment=[])
+    done = [run_fold(i + 1, f, data, train, progress=False) for i, f in enumerate(folds)]
+    whole = _partial(done, folds, train)
+    merged = merge([_partial(done[2:], folds, train), _partial(done[:2], folds, train)])
+    assert [f["fold"] for f in merged["folds"]] == [1, 2, 3] and merged["complete"]
+    for key in ("summary", "per_class_f1"):   # (as JSON: a class no fold tests is NaN)
+        assert json.dumps(merged[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True)
+    for sub in SUBSETS:
+        expect = {k: v for k, v in whole["pooled"][sub].items() if not k.startswith("onset")}
+        assert set(expect) >= {"confusion", "confusion_merged", *METRICS, *HIT_SHARES}
+        assert merged["pooled"][sub] == expect
+    assert not merge([_partial(done[:1], folds, train)])["complete"]
+
+    paths = []
+    for name, part in (("a", done[:1]), ("b", done[1:])):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_partial(part, folds, train)))
+    other = _partial(done[1:], folds, TrainConfig(epochs=2, augment=[]))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "junk.json").write_text("{")
+    (tmp_path / "list.json").write_text("[1, 2]")
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        old, sys.argv = sys.argv, ["beatsight-sim", "crossval-merge", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        finally:
+            sys.argv = old
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run(*paths, "--out", tmp_path / "all.json")
+    assert code == 0 and "Mean ± std over 3 folds" in out
+    assert json.loads((tmp_path / "all.json").read_text())["pooled"]["all"]["accuracy"] == \
+        pytest.approx(whole["pooled"]["all"]["accuracy"])
+    code, out, _ = run(paths[0])
+    assert code == 0 and "folds not run yet: 2, 3" in out
+    for args, message in (((paths[0], paths[0]), "fold 1 is in two of the runs"),
+                          ((paths[0], tmp_path / "other.json"), "train differ"),
+                          ((tmp_path / "junk.json",), "cannot read a crossval result"),
+                          ((tmp_path / "list.json",), "not a `beatsight-sim crossval` result"),
+                          ((tmp_path / "missing.json",), "cannot read a crossval result")):
+        code, _, err = run(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
