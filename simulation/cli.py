@@ -321,6 +321,9 @@ def crossval_cmd(
     kit: list[str] = typer.Option(None, "--kit", help="Use only these kits (repeatable)."),
     font_kits: bool = typer.Option(False, "--font-kits/--no-font-kits", help="Also train on "
                                    "the SoundFont drum kits (DATA/font-kits; they never test)."),
+    sample_kits: bool = typer.Option(False, "--sample-kits/--no-sample-kits", help="Also train "
+                                     "on the one-shot drum samples of exadrums, stk, Sonic Pi "
+                                     "and LMMS (DATA/sample-kits; they never test)."),
     fold: list[int] = typer.Option(None, "--fold", help="Run only this fold (1-based, repeatable)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Folds trained at once, each in its "
                              "own process (default torch threads: cores / jobs)."),
@@ -354,7 +357,7 @@ def crossval_cmd(
                             isolated_per_class=isolated, max_per_class=max_per_class,
                             drop_shared=drop_shared, pooling=check_pooling(pooling),
                             kits=list(kit or []), only_folds=list(fold or []),
-                            font_kits=font_kits, jobs=jobs)
+                            font_kits=font_kits, sample_kits=sample_kits, jobs=jobs)
     console.print(f"augmentations: {', '.join(train_cfg.augment) or 'none'}; {epochs} epochs, "
                   f"lr {lr} ({lr_schedule}), balance {balance}"
                   f"{f' (power {class_weight_power:g})' if balance == 'loss' else ''}, label smoothing "

@@ -50,6 +50,7 @@ from .contributors import (
     songs_dir,
 )
 from .kits import Kit, find_kits, parse_kit
+from .samplekits import SAMPLE_KITS_DIR, build_sample_kits
 from .soundfonts import FONT_KITS_DIR, build_font_kits
 
 DEFAULT_DATA = Path("runs/crossval-data")
@@ -276,6 +277,7 @@ class CrossvalConfig:
     pooling: str = "avg"              # the CNN's global pooling (common.model.POOLINGS)
     kits: list[str] = field(default_factory=list)   # restrict to these kits (tests, quick runs)
     font_kits: bool = False           # SoundFont kits (DATA/font-kits) train in every fold
+    sample_kits: bool = False         # Debian's one-shot sample kits (DATA/sample-kits), too
     only_folds: list[int] = field(default_factory=list)  # run only these folds (1-based)
     jobs: int = 1                     # folds trained at once, each in its own process
 
@@ -297,10 +299,12 @@ def prepare(cfg: CrossvalConfig, kits_root: str | Path | None = None, progress: 
     for k in usable:
         by_family.setdefault(k.family, []).append(k.key)
     folds = assign_folds(by_family, cfg.folds, cfg.seed)
+    extra = []                        # in no fold: they train in every fold and never test
     if cfg.font_kits:
-        extra, _ = usable_kits([parse_kit(d) for d in
-                                build_font_kits(Path(cfg.data) / FONT_KITS_DIR)])
-        usable = usable + extra       # in no fold: they train in every fold and never test
+        extra += build_font_kits(Path(cfg.data) / FONT_KITS_DIR)
+    if cfg.sample_kits:
+        extra += build_sample_kits(Path(cfg.data) / SAMPLE_KITS_DIR, kits_root=kits_root)
+    usable = usable + usable_kits([parse_kit(d) for d in extra])[0]
     data = {}
     for k in usable:
         store = build_kit_store(cfg.data, k, cfg.seed, cfg.songs, cfg.seconds,

@@ -21,6 +21,7 @@ from beatsight.common.audio import SAMPLE_RATE, load_audio
 from beatsight.common.classes import CLASSES
 from beatsight.common.errors import BeatSightError
 
+from .samplekits import SAMPLE_FAMILY
 from .soundfonts import FONT_FAMILY
 
 DEFAULT_KITS_DIR = Path("/usr/share/hydrogen/data/drumkits")
@@ -238,7 +239,8 @@ def parse_kit(kit_path: str | Path) -> Kit:
         mapped.append(Instrument(name, cls, tuple(layers), _float(inst, "volume", 1.0)))
     license_ = _text(root, "license") or _text(root, "licence")
     return Kit(name=_text(root, "name") or kit_path.name, key=kit_path.name, path=kit_path,
-               family=KIT_FAMILY.get(kit_path.name) or FONT_FAMILY.get(kit_path.name, "unknown"),
+               family=(KIT_FAMILY.get(kit_path.name) or FONT_FAMILY.get(kit_path.name)
+                       or SAMPLE_FAMILY.get(kit_path.name, "unknown")),
                license=license_,
                instruments=tuple(mapped), dropped=tuple(dropped), unnamed=unnamed)
 

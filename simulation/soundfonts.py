@@ -129,8 +129,8 @@ def render_midi(midi: bytes, font: Path) -> np.ndarray:
     return audio.mean(axis=1)
 
 
-def _drumkit_xml(kit: FontKit, instruments: list[tuple[str, list[tuple[str, float, float]]]]
-                 ) -> str:
+def drumkit_xml(key: str, license: str,
+                instruments: list[tuple[str, list[tuple[str, float, float]]]]) -> str:
     """Hydrogen's drumkit.xml for `instruments`: (name, [(file, min velocity, max velocity)])."""
     ET.register_namespace("", HYDROGEN_NS)
     root = ET.Element(f"{{{HYDROGEN_NS}}}drumkit_info")
@@ -140,8 +140,8 @@ def _drumkit_xml(kit: FontKit, instruments: list[tuple[str, list[tuple[str, floa
         el.text = text
         return el
 
-    sub(root, "name", kit.key)
-    sub(root, "license", kit.license)
+    sub(root, "name", key)
+    sub(root, "license", license)
     inst_list = sub(root, "instrumentList")
     for i, (name, layers) in enumerate(instruments):
         inst = sub(inst_list, "instrument")
@@ -161,7 +161,7 @@ FINGERPRINT_S = 0.5
 SAME_SAMPLE = 0.99      # correlation above which two renders are the same recording
 
 
-def _fingerprint(x: np.ndarray) -> np.ndarray:
+def fingerprint(x: np.ndarray) -> np.ndarray:
     f = np.zeros(int(FINGERPRINT_S * SAMPLE_RATE), np.float32)
     onset = int(np.argmax(np.abs(x) >= np.max(np.abs(x)) * 0.01))
     seg = x[onset:onset + len(f)]
@@ -202,7 +202,7 @@ def _write_kits(work: Path, fonts_dir: Path) -> None:
         instruments = []
         for note, name, renders in _pieces(kit, fonts_dir / kit.font):
             loudest = next(x for x in reversed(renders) if x is not None)
-            fp = _fingerprint(loudest)
+            fp = fingerprint(loudest)
             if name not in GROOVE_PIECES and any(float(fp @ s) > SAME_SAMPLE for s in seen):
                 continue
             seen.append(fp)
@@ -214,7 +214,7 @@ def _write_kits(work: Path, fonts_dir: Path) -> None:
                 sf.write(kit_dir / fname, x, SAMPLE_RATE, subtype="PCM_16")
                 layers.append((fname, float(bounds[v]), float(bounds[v + 1])))
             instruments.append((name, layers))
-        atomic_write_text(kit_dir / "drumkit.xml", _drumkit_xml(kit, instruments))
+        atomic_write_text(kit_dir / "drumkit.xml", drumkit_xml(kit.key, kit.license, instruments))
 
 
 def build_font_kits(out: str | Path, fonts_dir: Path = SF2_DIR) -> list[Path]:

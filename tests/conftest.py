@@ -6,6 +6,7 @@
 - `soundfonts` (session): fluidsynth and the SoundFont packages of `simulation.soundfonts`;
   missing ones fail under CI=true and skip otherwise, like the kits.
 - `font_kits_dir` (session): the SoundFont kits, built once (link it in as DATA/font-kits).
+- `sample_kits_dir` (session): the one-shot sample kits of four Debian packages, built once.
 - `small_kit` (session): `simulation.kits.Kit` of SMALL_KIT (Millo_MultiLayered3: 1 MB,
   multi-layer, kick/snare/hi-hats/toms/ride/crash), fast to render.
 - `rendered_song` (session): `RenderedSong(wav, bsm, kit, seed)`: a ~4 s groove from
@@ -83,6 +84,26 @@ def font_kits_dir(tmp_path_factory: pytest.TempPathFactory, soundfonts: None) ->
 
     out = tmp_path_factory.mktemp("font-kits") / "kits"
     build_font_kits(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_kits_dir(tmp_path_factory: pytest.TempPathFactory, kits_root: Path) -> Path:
+    """The one-shot sample kits (`simulation.samplekits`) built once for the session (~7 s);
+    their packages missing fail in CI and skip elsewhere. Link it in as DATA/sample-kits."""
+    from beatsight.simulation.samplekits import INSTALL_HINT, PACKAGES, SAMPLE_KITS, SHARE
+
+    missing = sorted({f for k in SAMPLE_KITS for _, fs in k.pieces for f in fs
+                      if not (SHARE / f).is_file()})
+    if missing:
+        msg = f"one-shot drum samples missing ({missing[0]}, of {', '.join(PACKAGES)}); {INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from beatsight.simulation.samplekits import build_sample_kits
+
+    out = tmp_path_factory.mktemp("sample-kits") / "kits"
+    build_sample_kits(out, kits_root=kits_root)
     return out
 
 

@@ -200,23 +200,26 @@ def test_crossval_command_smoke(kits_root: Path, tmp_path: Path, capsys) -> None
 
 @pytest.mark.slow
 @pytest.mark.needs_kits
-def test_soundfont_kits_train_in_every_fold_and_never_test(kits_root: Path, tmp_path: Path,
-                                                          font_kits_dir: Path) -> None:
+def test_soundfont_and_sample_kits_train_in_every_fold_and_never_test(
+        kits_root: Path, tmp_path: Path, font_kits_dir: Path, sample_kits_dir: Path) -> None:
     from beatsight.simulation.crossval import CrossvalConfig, prepare
+    from beatsight.simulation.samplekits import SAMPLE_KITS, SAMPLE_KITS_DIR
     from beatsight.simulation.soundfonts import FONT_KITS, FONT_KITS_DIR
 
     (tmp_path / FONT_KITS_DIR).symlink_to(font_kits_dir)  # built once per session
+    (tmp_path / SAMPLE_KITS_DIR).symlink_to(sample_kits_dir)
 
     small = ["Millo_MultiLayered3", "HardElectro1"]
     cfg = CrossvalConfig(folds=2, data=str(tmp_path), songs=1, seconds=3.0,
-                         isolated_per_class=1, kits=small, font_kits=True)
+                         isolated_per_class=1, kits=small, font_kits=True, sample_kits=True)
     data, folds, _ = prepare(cfg, kits_root, progress=False)
-    fonts = {k.key for k in FONT_KITS}
+    extra = {k.key for k in FONT_KITS} | {k.key for k in SAMPLE_KITS}
     assert sorted(k for f in folds for k in f) == sorted(small)
-    assert set(data) == set(small) | fonts
+    assert set(data) == set(small) | extra
     cfg_train = TrainConfig(epochs=1, batch_size=64, early_stopping_patience=0, augment=[])
-    rec, _ = run_fold(1, folds[0], data, cfg_train, max_per_class=2, progress=False)
-    assert fonts <= set(rec["train_kits"]) and not fonts & set(rec["heldout"])
+    for i, heldout in enumerate(folds, 1):
+        rec, _ = run_fold(i, heldout, data, cfg_train, max_per_class=2, progress=False)
+        assert extra <= set(rec["train_kits"]) and not extra & set(rec["heldout"])
 
 
 def _cmdline(pid: int) -> str:
