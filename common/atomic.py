@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,30 @@ def _mode_for(path: Path) -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def build_dir_once(out: str | Path, marker: str, stamp: dict,
+                   build: Callable[[Path], dict | None]) -> None:
+    """Make the directory `out` with `build(work)` unless `out/marker` already records `stamp`.
+    It is built in a sibling directory and renamed into place, so a failed or killed build
+    leaves nothing that looks finished. What `build` returns is recorded beside the stamp."""
+    out = Path(out)
+    done = out / marker
+    if done.is_file():
+        kept = json.loads(done.read_text())
+        if {k: v for k, v in kept.items() if k in stamp} == stamp:
+            return
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        info = build(work) or {}
+        atomic_write_text(work / marker, json.dumps({**info, **stamp}))
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def write_private(path: str | Path, data: bytes) -> None:

@@ -16,9 +16,6 @@ held-out kit is heard in training through another package.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from beatsight.common.atomic import atomic_write_text
+from beatsight.common.atomic import atomic_write_text, build_dir_once
 from beatsight.common.audio import SAMPLE_RATE, load_audio
 from beatsight.common.errors import BeatSightError
 
@@ -166,20 +163,6 @@ def build_sample_kits(out: str | Path, share: Path = SHARE,
     stamp = {"format": FORMAT_VERSION,
              "kits": [[k.key, [[n, list(fs)] for n, fs in k.pieces]] for k in SAMPLE_KITS],
              "bytes": {f: (share / f).stat().st_size for f in files}}
-    done = out / "beatsight-samples.json"
-    dirs = [out / k.key for k in SAMPLE_KITS]
-    if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items()
-                           if k != "left_out"} == stamp:
-        return dirs
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        left_out = _write_kits(work, share, _hydrogen_fingerprints(kits_root))
-        atomic_write_text(work / done.name, json.dumps({**stamp, "left_out": left_out}))
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)    # a failed build leaves nothing behind
-        raise
-    return dirs
+    build_dir_once(out, "beatsight-samples.json", stamp, lambda work: {
+        "left_out": _write_kits(work, share, _hydrogen_fingerprints(kits_root))})
+    return [out / k.key for k in SAMPLE_KITS]

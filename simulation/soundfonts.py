@@ -16,8 +16,6 @@ ruled out or in by the duplicate check below).
 
 from __future__ import annotations
 
-import json
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from beatsight.common.atomic import atomic_write_text
+from beatsight.common.atomic import atomic_write_text, build_dir_once
 from beatsight.common.audio import SAMPLE_RATE
 from beatsight.common.errors import BeatSightError
 
@@ -233,19 +231,5 @@ def build_font_kits(out: str | Path, fonts_dir: Path = SF2_DIR) -> list[Path]:
     stamp = {"format": FORMAT_VERSION, "velocities": list(VELOCITIES),
              "kits": [[k.key, k.font, k.bank, k.program] for k in FONT_KITS],
              "font_bytes": {f: (fonts_dir / f).stat().st_size for f in fonts}}
-    done = out / "beatsight-fonts.json"
-    dirs = [out / k.key for k in FONT_KITS]
-    if done.is_file() and json.loads(done.read_text()) == stamp:
-        return dirs
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        _write_kits(work, fonts_dir)
-        atomic_write_text(work / done.name, json.dumps(stamp))
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)    # a failed build leaves nothing behind
-        raise
-    return dirs
+    build_dir_once(out, "beatsight-fonts.json", stamp, lambda work: _write_kits(work, fonts_dir))
+    return [out / k.key for k in FONT_KITS]
