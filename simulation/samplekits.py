@@ -111,6 +111,11 @@ SAMPLE_KITS: tuple[SampleKit, ...] = (
 SAMPLE_FAMILY: dict[str, str] = {k.key: k.family for k in SAMPLE_KITS}
 
 
+def sample_files() -> list[str]:
+    """Every recording the kits use, relative to the share directory."""
+    return sorted({f for k in SAMPLE_KITS for _, fs in k.pieces for f in fs})
+
+
 def read_sample(path: Path) -> np.ndarray:
     """One recording as float32 mono at SAMPLE_RATE."""
     if path.suffix == ".raw":
@@ -155,7 +160,7 @@ def build_sample_kits(out: str | Path, share: Path = SHARE,
     """Write every kit of `SAMPLE_KITS` into `out/<key>/`; returns the kit directories.
     Cached: a finished `out` built from the same files is reused."""
     out = Path(out)
-    files = sorted({f for k in SAMPLE_KITS for _, fs in k.pieces for f in fs})
+    files = sample_files()
     missing = [f for f in files if not (share / f).is_file()]
     if missing:
         raise BeatSightError(f"{share / missing[0]}: drum sample not found "

@@ -91,10 +91,9 @@ def font_kits_dir(tmp_path_factory: pytest.TempPathFactory, soundfonts: None) ->
 def sample_kits_dir(tmp_path_factory: pytest.TempPathFactory, kits_root: Path) -> Path:
     """The one-shot sample kits (`simulation.samplekits`) built once for the session (~7 s);
     their packages missing fail in CI and skip elsewhere. Link it in as DATA/sample-kits."""
-    from beatsight.simulation.samplekits import INSTALL_HINT, PACKAGES, SAMPLE_KITS, SHARE
+    from beatsight.simulation.samplekits import INSTALL_HINT, PACKAGES, SHARE, sample_files
 
-    missing = sorted({f for k in SAMPLE_KITS for _, fs in k.pieces for f in fs
-                      if not (SHARE / f).is_file()})
+    missing = [f for f in sample_files() if not (SHARE / f).is_file()]
     if missing:
         msg = f"one-shot drum samples missing ({missing[0]}, of {', '.join(PACKAGES)}); {INSTALL_HINT}"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
